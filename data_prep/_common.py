@@ -1,0 +1,182 @@
+"""What every data_prep reader shares: the skip report, image checks, stratified splits, the conversation
+rows, and publishing the DatasetDict atomically (an interrupted run never leaves a loadable half-dataset).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import random
+import shutil
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from PIL import Image, UnidentifiedImageError
+
+
+class PrepError(Exception):
+    """A problem with the whole input (wrong folder, nothing usable): reported as one line, exit 2."""
+
+
+@dataclass
+class PrepReport:
+    dataset: str
+    source: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        self.skipped.append({"path": str(path), "reason": reason})
+
+    def count_split(self, split: str, labels: Iterable[str]) -> None:
+        per_class = Counter(labels)
+        self.splits[split] = {"total": sum(per_class.values()), "per_class": dict(sorted(per_class.items()))}
+
+    def to_dict(self) -> dict[str, Any]:
+        reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
+        versions = {}
+        for package in ("medtune", "datasets", "pillow", "pydicom"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                pass
+        return {
+            "dataset": self.dataset, "source": self.source,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions, "splits": self.splits,
+            "skipped_count": len(self.skipped), "skipped_by_reason": dict(reasons),
+            "skipped": self.skipped, "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k} {v['total']}" for k, v in self.splits.items())
+        return f"{self.dataset}: {sizes}; skipped {len(self.skipped)} file(s)"
+
+
+# ----------------------------------------------------------------------------- images
+def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    """(bytes ready to store, None) for a readable image, else (None, reason).
+
+    RGB files are stored as they are; other modes are converted to RGB and stored as PNG.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return None, "empty file"
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes the pixels: catches truncated files that open() accepts
+            if image.mode == "RGB":
+                return data, None
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG")
+            return buffer.getvalue(), None
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except Image.DecompressionBombError as e:
+        return None, f"too large: {e}"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"unreadable: {e}"
+
+
+# ----------------------------------------------------------------------------- splits
+def stratified_split(items_by_class: dict[str, list[Any]], fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out `fraction` of each class (at least one item if a class has two or more)."""
+    rng = random.Random(seed)
+    kept, held = [], []
+    for name in sorted(items_by_class):
+        items = sorted(items_by_class[name])
+        rng.shuffle(items)
+        n_held = round(len(items) * fraction)
+        if n_held == 0 and len(items) >= 2 and fraction > 0:
+            n_held = 1
+        held += items[:n_held]
+        kept += items[n_held:]
+    return kept, held
+
+
+def stratified_sample(items_by_class: dict[str, list[Any]], limit: int | None, seed: int) -> dict[str, list[Any]]:
+    """At most `limit` items in all, drawn in proportion to each class's size."""
+    total = sum(len(v) for v in items_by_class.values())
+    if limit is None or limit >= total:
+        return items_by_class
+    rng = random.Random(seed)
+    out = {}
+    for name in sorted(items_by_class):
+        items = sorted(items_by_class[name])
+        rng.shuffle(items)
+        out[name] = items[: max(1, round(len(items) * limit / total))]
+    return out
+
+
+def group_by(items: Iterable[Any], key: Callable[[Any], str]) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return dict(groups)
+
+
+# ----------------------------------------------------------------------------- rows and publishing
+def conversation(prompt: str, answer: str) -> list[dict[str, Any]]:
+    """The chat every task trains on: user turn = image + prompt, assistant turn = the answer."""
+    return [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+
+
+def conversation_features(extra: dict[str, Any]):
+    from datasets import Features, Image as ImageFeature, List, Value
+
+    return Features({
+        "id": Value("string"),
+        "image": ImageFeature(),
+        "messages": List({"role": Value("string"),
+                          "content": List({"type": Value("string"), "text": Value("string")})}),
+        "answer": Value("string"),
+        **extra,
+    })
+
+
+def publish(splits: dict[str, Callable[[], Iterator[dict[str, Any]]]], features, report: PrepReport,
+            out: Path, overwrite: bool) -> None:
+    """Write each split's rows to a DatasetDict at `out`, with prep_report.json, atomically.
+
+    Everything is written to a hidden sibling folder first and renamed into place at the end, so an
+    interrupted run leaves no folder that loads as a complete dataset, and rerunning finishes the job.
+    """
+    from datasets import Dataset, DatasetDict
+
+    out = out.resolve()
+    if out.exists() and not overwrite:
+        raise PrepError(f"{out} already exists: pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    cache = staging / "cache"
+    try:
+        dataset_dict = DatasetDict({
+            # an explicit fingerprint: hashing the generator's closure (every file path) is slow and useless here
+            name: Dataset.from_generator(rows, features=features, cache_dir=str(cache), split=name,
+                                         fingerprint=f"{out.name}-{name}-{uuid.uuid4().hex}")
+            for name, rows in splits.items()
+        })
+        dataset_dict.save_to_disk(str(staging / "dataset"))
+        del dataset_dict
+        shutil.rmtree(cache, ignore_errors=True)
+        final = staging / "dataset"
+        (final / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, trash)
+            os.rename(final, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(final, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

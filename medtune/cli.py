@@ -1,0 +1,136 @@
+"""The `medtune` command: prepare | train | eval | export | inspect | demo.
+
+Heavy libraries load only once the arguments and the recipe are known to be good.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = REPO_ROOT / "recipes" / "demo" / "tissue_classification.yaml"
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="a recipe YAML, e.g. recipes/tissue_classification/qlora.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.name_or_path=tiny")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtune", description="Fine-tune MedGemma with LoRA/QLoRA recipes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="raw dataset -> DatasetDict (same as python -m data_prep)",
+                                  add_help=False)
+    prepare.add_argument("args", nargs=argparse.REMAINDER)
+
+    train = commands.add_parser("train", help="train, evaluate base and adapter, export (one process; "
+                                              "use `accelerate launch medtune/train.py` for several)")
+    _recipe_arguments(train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a base model or an adapter on the recipe's eval split")
+    _recipe_arguments(evaluate)
+    evaluate.add_argument("--adapter", type=Path, help="an adapter folder (default: the base model alone)")
+    evaluate.add_argument("--name", help="name of the result files (default: base or adapter)")
+
+    export = commands.add_parser("export", help="write the model card; optionally merge and push to the Hub")
+    export.add_argument("output_dir", type=Path, help="a training run's output_dir")
+    export.add_argument("--merge", action="store_true", help="also write a merged full model to OUTPUT_DIR/merged")
+    export.add_argument("--push", action="store_true", help="upload to the Hub (private unless --public)")
+    export.add_argument("--repo-id", help="ORG/NAME on the Hub")
+    export.add_argument("--public", action="store_true", help="make the Hub repository public")
+
+    inspect = commands.add_parser("inspect", help="print one collated training example with loss tokens marked")
+    _recipe_arguments(inspect)
+    inspect.add_argument("--index", type=int, default=0, help="which train example")
+
+    demo = commands.add_parser("demo", help="the whole path offline on CPU: synthetic data -> prepare -> "
+                                            "train the tiny model -> evaluate -> export")
+    demo.add_argument("--workdir", type=Path, default=Path("medtune-demo"))
+    demo.add_argument("--method", choices=["lora", "qlora"], default="lora")
+    return parser
+
+
+def _evaluate(args) -> None:
+    from medtune.config import load_recipe
+    from medtune.data import load_split
+    from medtune.evaluation import evaluate
+    from medtune.model import load_model, load_processor, resolve_precision
+    from medtune.tasks import get_task
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.adapter and not (args.adapter / "adapter_config.json").is_file():
+        raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
+    model = load_model(recipe, resolve_precision(recipe.model.precision))
+    label = recipe.model.name_or_path
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(args.adapter))
+        label += f" + {args.adapter}"
+    name = args.name or ("adapter" if args.adapter else "base")
+    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split),
+                      get_task(recipe.task.name), name=name, out_dir=recipe.output_dir / "eval",
+                      batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens, model_label=label)
+    if result:
+        shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+        print(f"{name}: {shown}\nwritten to {recipe.output_dir / 'eval' / (name + '.json')}")
+
+
+def _demo(args) -> None:
+    from data_prep import get_reader
+    from data_prep.__main__ import main as data_prep_main
+    from medtune.config import load_recipe
+    from medtune.train import run
+
+    if not DEMO_RECIPE.is_file():
+        raise MedtuneError(f"the demo recipe {DEMO_RECIPE} is missing: run the demo from a clone of the repository")
+    raw, data, run_dir = args.workdir / "raw", args.workdir / "data", args.workdir / f"run-{args.method}"
+    print(f"[1/4] synthetic NCT-CRC-HE-100K / CRC-VAL-HE-7K stand-in -> {raw}")
+    if not raw.is_dir():
+        get_reader("crc100k").synthesize(raw)
+    print(f"[2/4] data_prep crc100k -> {data}")
+    if data_prep_main(["crc100k", "--src", str(raw), "--out", str(data), "--overwrite"]) != 0:
+        raise MedtuneError("data_prep failed (see above)")
+    print(f"[3/4] {args.method} training of the tiny model, with out-of-box and fine-tuned evaluation")
+    recipe = load_recipe(DEMO_RECIPE, [f"data.path={data}", f"training.output_dir={run_dir}",
+                                       f"quantization.load_in_4bit={args.method == 'qlora'}"])
+    run(recipe)
+    print(f"[4/4] exported adapter, processor and model card: {run_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            from data_prep.__main__ import main as data_prep_main
+
+            return data_prep_main(args.args)
+        if args.command == "train":
+            from medtune.train import main as train_main
+
+            return train_main([args.recipe, *args.overrides])
+        if args.command == "eval":
+            _evaluate(args)
+        elif args.command == "export":
+            from medtune.export import export
+
+            export(args.output_dir, merge=args.merge, push=args.push, repo_id=args.repo_id, private=not args.public)
+        elif args.command == "inspect":
+            from medtune.config import load_recipe
+            from medtune.inspect_batch import inspect_example
+
+            print(inspect_example(load_recipe(args.recipe, args.overrides), args.index))
+        elif args.command == "demo":
+            _demo(args)
+    except MedtuneError as e:
+        print(f"medtune: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Training batches: TRL's vision-language collator with the loss on the answer only.
+
+TRL renders each conversation with the Gemma 3 *training* chat template (its `{% generation %}` markers
+give the assistant mask), so the prompt, the image tokens, begin/end-of-image and padding carry no loss.
+The template's generation block also covers the newline after `<end_of_turn>`; the model never generates
+past `<end_of_turn>`, so we drop that newline from the loss too: loss = answer tokens + `<end_of_turn>`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trl.chat_template_utils import get_training_chat_template
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from medtune.errors import MedtuneError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
+    expected_image_tokens: int | None = None  # per image; checked so that truncation never cuts an image
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        # TRL pops "image" from each example: give it shallow copies, the dataset's rows stay intact
+        batch = super().torch_call([dict(e) for e in examples])
+        tokenizer = self.processor.tokenizer
+        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        labels, ids = batch["labels"], batch["input_ids"]
+        after_end_of_turn = (ids[:, :-1] == end_of_turn) & (labels[:, 1:] != IGNORE_INDEX)
+        labels[:, 1:][after_end_of_turn] = IGNORE_INDEX
+        if self.expected_image_tokens:
+            per_row = (ids == tokenizer.image_token_id).sum(dim=1)
+            if bool((per_row % self.expected_image_tokens != 0).any()):
+                raise MedtuneError("training.max_length cuts into the image tokens: raise it (each image is "
+                                   f"{self.expected_image_tokens} tokens) or leave it unset")
+        return batch
+
+
+def build_collator(processor, max_length: int | None = None) -> AnswerOnlyCollator:
+    try:
+        template = get_training_chat_template(processor)  # None: the template already has the markers
+    except ValueError as e:
+        raise MedtuneError(f"the model's chat template cannot be trained on the answer only: {e}") from None
+    return AnswerOnlyCollator(
+        processor=processor, max_length=max_length, assistant_only_loss=True, chat_template=template,
+        expected_image_tokens=getattr(processor, "image_seq_length", None),
+    )

@@ -1,0 +1,295 @@
+"""Recipes: load a YAML file, apply `section.key=value` overrides, validate everything before anything heavy.
+
+A recipe has the sections below; `training` takes any `trl.SFTConfig` field. Validation reports the first
+problem as a `RecipeError` naming the key and the fix; the command line prints it as one line and exits 2.
+Nothing here imports torch, transformers or TRL, so a typo is refused in well under a second.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medtune.errors import MedtuneError
+from medtune.sft_fields import sft_config_fields
+from medtune.tasks import get_task, task_names
+
+
+class RecipeError(MedtuneError):
+    """A recipe problem: `key` is the dotted key at fault, the message says what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def _range(low=None, high=None, low_open=False):
+    return {"range": (low, high, low_open)}
+
+
+@dataclass
+class TaskSection:
+    name: str = ""  # a module of medtune/tasks/
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = "google/medgemma-4b-it"  # or `tiny`: a tiny random MedGemma-shaped model, offline
+    revision: str | None = None
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a bf16-capable GPU, else fp32
+    attn_implementation: Literal["eager", "sdpa"] = "eager"  # Google recommends eager for Gemma 3 training
+
+
+@dataclass
+class DataSection:
+    path: str = ""  # the DatasetDict written by `python -m data_prep`
+    max_train_samples: int | None = field(default=None, metadata=_range(1))
+    max_validation_samples: int | None = field(default=None, metadata=_range(1))
+    max_test_samples: int | None = field(default=None, metadata=_range(1))
+    seed: int = 42  # which samples the caps keep
+
+
+@dataclass
+class LoraSection:
+    r: int = field(default=16, metadata=_range(1))
+    alpha: int = field(default=16, metadata=_range(1))
+    dropout: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    target_modules: list = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    adapt_vision_tower: bool = False  # LoRA on the SigLIP tower too (off: it is frozen, as in the report)
+    train_projector: bool = False  # train the (small) image projector fully
+
+
+@dataclass
+class QuantizationSection:
+    load_in_4bit: bool = False  # QLoRA: the language model in 4 bits; vision, projector, lm_head unquantized
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class EvalSection:
+    baseline: bool = True  # evaluate the base model (out-of-box) before training
+    finetuned: bool = True  # evaluate the adapter after training
+    split: str = "test"
+    batch_size: int = field(default=8, metadata=_range(1))
+    max_new_tokens: int | None = field(default=None, metadata=_range(1))  # None: the task's default
+
+
+@dataclass
+class ExportSection:
+    merge: bool = False  # also write a merged full model to OUTPUT_DIR/merged
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = True
+
+
+@dataclass
+class TrackingSection:
+    backend: Literal["wandb", "tensorboard", "none"] = "wandb"
+    project: str = "medtune"
+    run_name: str | None = None
+    wandb_mode: Literal["online", "offline"] = "online"  # offline works without a network; sync later
+    log_images: bool = True  # sample predictions with their images in the tracker
+    num_sample_predictions: int = field(default=16, metadata=_range(0))
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskSection, "model": ModelSection, "data": DataSection, "lora": LoraSection,
+    "quantization": QuantizationSection, "eval": EvalSection, "export": ExportSection, "tracking": TrackingSection,
+}
+# training keys that another section owns, and why
+_OWNED_ELSEWHERE = {
+    "bf16": "precision is set by model.precision (bf16 on capable GPUs, fp32 on CPU)",
+    "fp16": "fp16 overflows in Gemma 3; precision is set by model.precision",
+    "report_to": "the tracker is set by tracking.backend",
+    "assistant_only_loss": "medtune always trains on the answer only (DESIGN.md)",
+}
+_TRAINING_DEFAULTS = {"output_dir": None}
+
+
+@dataclass
+class Recipe:
+    task: TaskSection
+    model: ModelSection
+    data: DataSection
+    lora: LoraSection
+    quantization: QuantizationSection
+    eval: EvalSection
+    export: ExportSection
+    tracking: TrackingSection
+    training: dict[str, Any]  # SFTConfig keyword arguments
+    source: str = ""  # the recipe file
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["training"] = dict(self.training)
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is read as YAML (numbers, bools, lists)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise RecipeError(key.strip() or text, f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("", f"recipe file {str(path)!r} not found (recipes live in recipes/<task>/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError("", f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError("", f"{path} must be a mapping of sections (task, model, data, ...)")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if not isinstance(raw.get(section, {}), dict):
+            raise RecipeError(section, "must be a mapping")
+        raw.setdefault(section, {})[key] = value
+    recipe = validate(raw)
+    recipe.source = str(path)
+    return recipe
+
+
+# ----------------------------------------------------------------------------- validation
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _admits(kinds: frozenset[str], value: Any) -> bool:
+    name = "None" if value is None else type(value).__name__
+    if name == "int" and "float" in kinds:  # YAML writes 1 for 1.0
+        return True
+    return name in kinds
+
+
+def _annotation_kinds(annotation) -> tuple[frozenset[str] | None, tuple | None]:
+    """(python type names, literal choices) of one of our dataclass annotations."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return None, typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        for arg in typing.get_args(annotation):
+            k, _ = _annotation_kinds(arg)
+            kinds |= k or set()
+        return frozenset(kinds), None
+    if annotation is type(None):
+        return frozenset({"None"}), None
+    base = origin or annotation
+    return frozenset({base.__name__}), None
+
+
+def _check_value(key: str, value: Any, kinds, choices, metadata) -> None:
+    if choices is not None and value not in choices:
+        raise RecipeError(key, f"{value!r} is not one of {', '.join(map(str, choices))}"
+                               f"{_suggest(str(value), map(str, choices))}")
+    if kinds is not None and not _admits(kinds, value):
+        expected = " or ".join(sorted(k.replace("None", "null") for k in kinds))
+        raise RecipeError(key, f"expected {expected}, got {_type_name(value)} {value!r}")
+    low, high, _ = metadata.get("range", (None, None, False))
+    if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise RecipeError(key, f"{value} is out of range: must be {bounds}")
+
+
+def _build_section(name: str, cls: type, raw: Any):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(name, f"must be a mapping of keys, got {_type_name(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if key not in known:
+            raise RecipeError(f"{name}.{key}", f"unknown key{_suggest(key, known)}; "
+                                               f"{name} takes: {', '.join(known)}")
+        kinds, choices = _annotation_kinds(hints[key])
+        _check_value(f"{name}.{key}", value, kinds, choices, known[key].metadata)
+    return cls(**raw)
+
+
+# SFTConfig ranges worth refusing early (TRL would fail late, or train nonsense)
+_TRAINING_RANGES = {
+    "learning_rate": _range(0, None), "num_train_epochs": _range(0, None), "max_steps": _range(-1),
+    "per_device_train_batch_size": _range(1), "per_device_eval_batch_size": _range(1),
+    "gradient_accumulation_steps": _range(1), "max_grad_norm": _range(0), "warmup_steps": _range(0),
+    "weight_decay": _range(0), "logging_steps": _range(0), "save_steps": _range(0),
+}
+
+
+def _build_training(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RecipeError("training", f"must be a mapping of SFTConfig keys, got {_type_name(raw)}")
+    fields = sft_config_fields()
+    for key, value in raw.items():
+        if key in _OWNED_ELSEWHERE:
+            raise RecipeError(f"training.{key}", f"not settable here: {_OWNED_ELSEWHERE[key]}")
+        if key not in fields:
+            raise RecipeError(f"training.{key}", f"not an SFTConfig field{_suggest(key, fields)}")
+        _check_value(f"training.{key}", value, fields[key].kinds, None, _TRAINING_RANGES.get(key, {}))
+    training = {**_TRAINING_DEFAULTS, **raw}
+    if not training["output_dir"]:
+        raise RecipeError("training.output_dir", "missing: where checkpoints, the adapter and eval/ go")
+    if training.get("learning_rate") == 0:
+        raise RecipeError("training.learning_rate", "0 trains nothing: use e.g. 2.0e-4")
+    return training
+
+
+def validate(raw: dict[str, Any]) -> Recipe:
+    for name in raw:
+        if name not in SECTIONS and name != "training":
+            raise RecipeError(name, f"unknown section{_suggest(name, [*SECTIONS, 'training'])}; "
+                                    f"sections: {', '.join([*SECTIONS, 'training'])}")
+    sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
+    recipe = Recipe(**sections, training=_build_training(raw.get("training", {})))
+
+    if recipe.task.name not in task_names():
+        raise RecipeError("task.name", f"unknown task {recipe.task.name!r}{_suggest(recipe.task.name, task_names())}; "
+                                       f"built in: {', '.join(task_names())}")
+    task = get_task(recipe.task.name)
+    data_path = Path(recipe.data.path) if recipe.data.path else None
+    if data_path is None or not (data_path / "dataset_dict.json").is_file():
+        what = "is not set" if data_path is None else (
+            f"{str(data_path)!r} does not exist" if not data_path.exists() else f"{str(data_path)!r} is not a prepared dataset")
+        raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep {task.dataset} --src RAW "
+                                       f"--out DIR` and pass data.path=DIR")
+    if recipe.export.push and not recipe.export.repo_id:
+        raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
+    if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
+            and not Path(recipe.model.name_or_path).exists():
+        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id "
+                                                "(org/name), a local folder, nor `tiny`")
+    return recipe
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,102 @@
+"""Load MedGemma (or the tiny offline stand-in) with its processor, in the recipe's precision, optionally in
+4 bits for QLoRA, and describe the LoRA adapter to train."""
+from __future__ import annotations
+
+from medtune.config import Recipe
+from medtune.errors import MedtuneError
+from medtune.tiny import TINY_NAME, tiny_checkpoint_dir
+
+# Kept in full precision under QLoRA: quantizing the vision tower and projector hurts image features, and
+# lm_head is tied to the embeddings. Names match from the start of the module path (DESIGN.md).
+QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # SigLIP's linear layers
+
+
+def resolve_precision(preference: str) -> str:
+    """bf16 on a GPU that supports it, fp32 elsewhere (fp16 overflows in Gemma 3, so it is never chosen)."""
+    import torch
+
+    if preference != "auto":
+        return preference
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def model_path(recipe: Recipe) -> str:
+    name = recipe.model.name_or_path
+    return str(tiny_checkpoint_dir()) if name == TINY_NAME else name
+
+
+def _hub_errors(name: str):
+    """Turn the Hub's exceptions into one-line messages with the fix."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    class _Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, error, tb):
+            if isinstance(error, GatedRepoError):
+                raise MedtuneError(f"{name} is gated: accept its terms on the Hub, then set HF_TOKEN or run "
+                                   "`hf auth login`") from None
+            if isinstance(error, RepositoryNotFoundError):
+                raise MedtuneError(f"model.name_or_path: {name!r} was not found on the Hub (or is private: set "
+                                   "HF_TOKEN)") from None
+            if isinstance(error, OSError) and error is not None:
+                raise MedtuneError(f"model.name_or_path: cannot load {name!r}: {error}. Offline? Use "
+                                   "model.name_or_path=tiny, or a local copy of the model") from None
+            return False
+
+    return _Guard()
+
+
+def load_processor(recipe: Recipe):
+    from transformers import AutoProcessor
+
+    with _hub_errors(recipe.model.name_or_path):
+        return AutoProcessor.from_pretrained(model_path(recipe), revision=recipe.model.revision)
+
+
+def quantization_config(recipe: Recipe, precision: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = recipe.quantization
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+        bnb_4bit_quant_storage=torch.bfloat16 if precision == "bf16" else torch.float32,
+        llm_int8_skip_modules=QLORA_SKIP_MODULES,
+    )
+
+
+def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
+    """The base model. `quantize` defaults to the recipe's choice; export's merge loads it unquantized."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForImageTextToText
+
+    quantize = recipe.quantization.load_in_4bit if quantize is None else quantize
+    kwargs = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32,
+              "attn_implementation": recipe.model.attn_implementation, "revision": recipe.model.revision}
+    if quantize:
+        kwargs["quantization_config"] = quantization_config(recipe, precision)
+        # a quantized model cannot be moved after loading: place it on this process's device now
+        kwargs["device_map"] = {"": PartialState().device}
+    with _hub_errors(recipe.model.name_or_path):
+        return AutoModelForImageTextToText.from_pretrained(model_path(recipe), **kwargs)
+
+
+def lora_config(recipe: Recipe):
+    from peft import LoraConfig
+
+    lora = recipe.lora
+    # A regex, so that the same projection names in the vision tower are left alone unless asked for.
+    targets = [rf".*language_model.*\.({'|'.join(lora.target_modules)})"]
+    if lora.adapt_vision_tower:
+        targets.append(rf".*vision_tower.*\.({'|'.join(VISION_LORA_TARGETS)})")
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none", task_type="CAUSAL_LM",
+        target_modules="|".join(f"({t})" for t in targets),
+        # the projector is a bare weight matrix (no nn.Linear for LoRA): it is trained whole when asked
+        modules_to_save=["multi_modal_projector"] if lora.train_projector else None,
+    )

@@ -1,0 +1,116 @@
+"""Multiple-choice classification tasks: the prompt lists lettered options, the answer is one option line.
+
+Shared by every classification task (tissue type, pneumothorax, ...). Metrics come from scikit-learn.
+An answer that names no option, or several, is *unparsable*: counted, and scored as wrong for its true
+class (it is never mapped to a class).
+"""
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+UNPARSABLE = -1
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask:
+    name: str
+    dataset: str  # the data_prep reader that produces this task's data
+    question: str
+    options: tuple[str, ...]  # option texts, in label order
+    class_names: tuple[str, ...]  # short class names, in label order (the dataset's folder names)
+    table_metrics: tuple[str, ...] = ("weighted_f1", "accuracy", "macro_f1", "unparsable")  # paper's first
+    max_new_tokens: int = 16  # an option line is a few tokens; more only wastes generation time
+    kind: str = "classification"
+
+    # -------------------------------------------------------------- prompt and answer
+    @property
+    def letters(self) -> str:
+        return string.ascii_uppercase[: len(self.options)]
+
+    def option_line(self, label: int) -> str:
+        return f"{self.letters[label]}: {self.options[label]}"
+
+    def prompt(self) -> str:
+        return "\n".join([self.question, *(self.option_line(i) for i in range(len(self.options)))])
+
+    def answer(self, label: int) -> str:
+        return self.option_line(label)
+
+    def reference(self, row: dict[str, Any]) -> int:
+        return int(row["label"])
+
+    # -------------------------------------------------------------- parsing
+    def parse_answer(self, text: str) -> int:
+        """Option index named by a generated answer, or UNPARSABLE.
+
+        Accepted, case and whitespace aside: the option line (`A: adipose`), the letter alone (`A`, `(A)`,
+        `A.`, `A)`), the letter leading an answer (`A: ...`), or exactly one option's text (`adipose`).
+        """
+        clean = " ".join(text.strip().strip("\"'`*").split())
+        if not clean:
+            return UNPARSABLE
+        lowered = clean.lower()
+        for i in range(len(self.options)):
+            if lowered == self.option_line(i).lower() or lowered == self.options[i].lower():
+                return i
+        letters = self.letters
+        leading = re.match(rf"^\(?([{letters}{letters.lower()}])\s*(?:\)|:|\.|$)", clean)
+        if leading and (leading.group(0).rstrip() == clean or leading.group(0)[-1] in ":)"
+                        or leading.group(1).isupper()):
+            return letters.index(leading.group(1).upper())
+        named = {i for i, option in enumerate(self.options)
+                 if re.search(rf"(?<![\w-]){re.escape(option.lower())}(?![\w-])", lowered)}
+        return named.pop() if len(named) == 1 else UNPARSABLE
+
+    # -------------------------------------------------------------- metrics
+    def compute_metrics(self, references: list[int], predictions: list[int]) -> dict[str, Any]:
+        from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+        labels = list(range(len(self.options)))
+        # Unparsable answers keep the label UNPARSABLE, outside `labels`: a miss for the true class's recall,
+        # a false positive for no class.
+        precision, recall, f1, support = precision_recall_fscore_support(
+            references, predictions, labels=labels, zero_division=0)
+        return {
+            "n": len(references),
+            "accuracy": float(accuracy_score(references, predictions)),
+            "weighted_f1": float(f1_score(references, predictions, labels=labels, average="weighted", zero_division=0)),
+            "macro_f1": float(f1_score(references, predictions, labels=labels, average="macro", zero_division=0)),
+            "unparsable": int(sum(p == UNPARSABLE for p in predictions)),
+            "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                          for name, p, r, f, s in zip(self.class_names, precision, recall, f1, support)},
+            "confusion_matrix": {
+                "rows": list(self.class_names), "columns": [*self.class_names, "unparsable"],
+                "counts": confusion_matrix(references, predictions, labels=[*labels, UNPARSABLE])[:-1].tolist(),
+            },
+        }
+
+    def write_figures(self, metrics: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
+        """The confusion matrix as a PNG (rows: truth; columns: prediction, then unparsable)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        cm = metrics["confusion_matrix"]
+        counts = np.array(cm["counts"])
+        size = 1.0 + 0.6 * len(cm["columns"])
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+        ax.imshow(counts, cmap="Blues")
+        ax.set_xticks(range(len(cm["columns"])), cm["columns"], rotation=45, ha="right")
+        ax.set_yticks(range(len(cm["rows"])), cm["rows"])
+        for (r, c), v in np.ndenumerate(counts):
+            ax.text(c, r, str(v), ha="center", va="center", color="white" if v > counts.max() / 2 else "black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{self.name} — {prefix} (weighted F1 {metrics['weighted_f1']:.3f})")
+        fig.tight_layout()
+        path = out_dir / f"{prefix}_confusion_matrix.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return [path]

@@ -1,0 +1,126 @@
+"""Build a tiny, offline, deterministic MedGemma-shaped model: `model.name_or_path=tiny`.
+
+A `Gemma3ForConditionalGeneration` and `Gemma3Processor` with Gemma 3's special tokens, chat template and
+image-token expansion, small enough to train on a CPU in seconds. It is written once to a cache folder and
+then loaded with the same `from_pretrained` code as the real model (so 4-bit loading, LoRA and export are
+exercised for real). Traps found while writing it are in DESIGN.md ("Known traps").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_NAME = "tiny"
+TINY_VERSION = 1  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
+
+SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
+    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
+    "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
+]
+BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]  # byte fallback, like the real Gemma tokenizer
+
+# The words the built-in tasks use, so prompts and answers tokenize compactly (as they would with the
+# real 262k vocabulary) and the tiny model learns in a few hundred steps.
+CORPUS = [
+    "What is the most likely tissue type shown in the histopathology image?",
+    "A: adipose", "B: background", "C: debris", "D: lymphocytes", "E: mucus", "F: smooth muscle",
+    "G: normal colon mucosa", "H: cancer-associated stroma", "I: colorectal adenocarcinoma epithelium",
+    "Is there a pneumothorax in this chest X-ray? A: no pneumothorax B: pneumothorax",
+    "INDICATION: FINDINGS: IMPRESSION: The lungs are clear. No pleural effusion or pneumothorax.",
+    "There is a small nodule in the right upper lobe. Cardiomegaly is present. No acute findings.",
+    "Describe the image. user model system assistant answer option",
+]
+
+# Gemma 3's chat template, character for character (google/gemma-3-*-it and google/medgemma-4b-it).
+# TRL recognises it and swaps in its training variant with {% generation %} markers for the
+# assistant-only loss, exactly as it does for the real model.
+GEMMA3_CHAT_TEMPLATE = '{{ bos_token }}\n{%- if messages[0][\'role\'] == \'system\' -%}\n    {%- if messages[0][\'content\'] is string -%}\n        {%- set first_user_prefix = messages[0][\'content\'] + \'\n\n\' -%}\n    {%- else -%}\n        {%- set first_user_prefix = messages[0][\'content\'][0][\'text\'] + \'\n\n\' -%}\n    {%- endif -%}\n    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = "" -%}\n    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n    {%- if (message[\'role\'] == \'user\') != (loop.index0 % 2 == 0) -%}\n        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n    {%- endif -%}\n    {%- if (message[\'role\'] == \'assistant\') -%}\n        {%- set role = "model" -%}\n    {%- else -%}\n        {%- set role = message[\'role\'] -%}\n    {%- endif -%}\n    {{ \'<start_of_turn>\' + role + \'\n\' + (first_user_prefix if loop.first else "") }}\n    {%- if message[\'content\'] is string -%}\n        {{ message[\'content\'] | trim }}\n    {%- elif message[\'content\'] is iterable -%}\n        {%- for item in message[\'content\'] -%}\n            {%- if item[\'type\'] == \'image\' -%}\n                {{ \'<start_of_image>\' }}\n            {%- elif item[\'type\'] == \'text\' -%}\n                {{ item[\'text\'] | trim }}\n            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n        {{ raise_exception("Invalid content type") }}\n    {%- endif -%}\n    {{ \'<end_of_turn>\n\' }}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{\'<start_of_turn>model\n\'}}\n{%- endif -%}\n'
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")  # training only
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS + BYTE_TOKENS, show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+              for m in json.loads(tok.to_str())["model"]["merges"]]
+    tokenizer = GemmaTokenizer(
+        vocab=tok.get_vocab(), merges=merges, add_bos_token=True, add_eos_token=False,
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                              "image_token": "<image_soft_token>"},
+    )
+    tokenizer.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)
+    return tokenizer
+
+
+def build_tiny_processor():
+    from transformers import Gemma3Processor
+
+    try:  # transformers 5: the torchvision-free PIL image processor
+        from transformers import Gemma3ImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - transformers 4
+        from transformers import Gemma3ImageProcessor as ImageProcessor
+
+    image_processor = ImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True, resample=2,
+    )
+    return Gemma3Processor(image_processor=image_processor, tokenizer=_build_tokenizer(),
+                           chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=MM_TOKENS)
+
+
+def build_tiny_model(tokenizer):
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    text_config = Gemma3TextConfig(
+        vocab_size=((len(tokenizer) + 7) // 8) * 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        max_position_embeddings=1024, sliding_window=32, sliding_window_pattern=2,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, end_of_turn],
+    )
+    vision_config = SiglipVisionConfig(
+        image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, vision_use_head=False,
+    )
+    config = Gemma3Config(
+        text_config=text_config, vision_config=vision_config, mm_tokens_per_image=MM_TOKENS,
+        boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    # Gemma 3 initialises the projector to zeros: images would have no effect on a random model.
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.02)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def tiny_checkpoint_dir() -> Path:
+    """Where the tiny model lives; built on first use. MEDTUNE_CACHE overrides ~/.cache/medtune."""
+    root = Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
+    path = root / f"tiny-gemma3-v{TINY_VERSION}"
+    if not (path / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        # Several ranks may build it at once: each writes its own folder, and the first rename wins.
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+        processor = build_tiny_processor()
+        build_tiny_model(processor.tokenizer).save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -1,0 +1,114 @@
+"""Experiment tracking: wandb (online or offline), tensorboard, or none.
+
+Training curves come from transformers' own callbacks (`report_to`); after evaluation we add the metrics,
+the comparison table, the confusion matrices and a table of sample predictions with their images.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from medtune.config import Recipe
+
+
+def wandb_has_credentials() -> bool:
+    """An API key in the environment, or the netrc entry that `wandb login` writes."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(recipe: Recipe) -> str:
+    """The recipe's mode, except that online without credentials logs offline instead of failing the run."""
+    if recipe.tracking.wandb_mode == "online" and not wandb_has_credentials():
+        print(f"medtune: no wandb credentials (WANDB_API_KEY or `wandb login`): logging offline to "
+              f"{recipe.output_dir / 'wandb'}; upload later with `wandb sync`", file=sys.stderr)
+        return "offline"
+    return recipe.tracking.wandb_mode
+
+
+def training_arguments(recipe: Recipe) -> dict[str, Any]:
+    """SFTConfig keywords for the chosen tracker; sets the environment the callbacks read."""
+    t = recipe.tracking
+    if t.backend == "wandb":
+        os.environ["WANDB_PROJECT"] = t.project
+        os.environ["WANDB_MODE"] = wandb_mode(recipe)
+        os.environ.setdefault("WANDB_DIR", str(recipe.output_dir))
+        os.environ.setdefault("WANDB_LOG_MODEL", "false")  # the adapter goes to the Hub, not to wandb
+    elif t.backend == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(recipe.output_dir / "tensorboard")
+    args = {"report_to": t.backend if t.backend != "none" else "none"}
+    if t.run_name:
+        args["run_name"] = t.run_name
+    return args
+
+
+def _sample_rows(dataset, predictions_file: Path, n: int):
+    import json
+
+    with open(predictions_file, encoding="utf-8") as f:
+        predictions = [json.loads(line) for _, line in zip(range(n), f)]
+    images = dataset.select(range(len(predictions)))["image"]
+    return list(zip(predictions, images))
+
+
+def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval_dir: Path, dataset) -> None:
+    """Add the evaluation to the run the trainer logged to (main process only)."""
+    t = recipe.tracking
+    if t.backend == "none":
+        return
+    n = t.num_sample_predictions
+    if t.backend == "wandb":
+        import wandb
+
+        run = wandb.run or wandb.init(project=t.project, name=t.run_name, mode=os.environ["WANDB_MODE"],
+                                      dir=str(recipe.output_dir))
+        summary = {f"final/{name}/{k}": v for name, r in results.items()
+                   for k, v in r["metrics"].items() if isinstance(v, (int, float))}
+        run.log(summary)
+        run.summary.update(summary)
+        rows = [line.strip("|").split("|") for line in table_md.strip().splitlines()[2:]]
+        run.log({"final/comparison": wandb.Table(columns=["task", "metric", "out-of-box", "fine-tuned"],
+                                                 data=[[c.strip() for c in r] for r in rows])})
+        for name, r in results.items():
+            for figure in r.get("figures", []):
+                run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
+            if n:
+                columns = ["id", "image", "reference", "generated", "correct"]
+                data = [[p["id"], wandb.Image(img) if t.log_images else None, p["reference_text"], p["generated"],
+                         p["correct"]] for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
+                run.log({f"final/{name}/samples": wandb.Table(columns=columns, data=data)})
+        run.finish()
+    elif t.backend == "tensorboard":
+        import numpy as np
+        from PIL import Image
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(recipe.output_dir / "tensorboard"))
+        for name, r in results.items():
+            for k, v in r["metrics"].items():
+                if isinstance(v, (int, float)):
+                    writer.add_scalar(f"final/{name}/{k}", v)
+            for figure in r.get("figures", []):
+                image = np.asarray(Image.open(eval_dir / figure).convert("RGB"))
+                writer.add_image(f"final/{name}/{Path(figure).stem}", image, dataformats="HWC")
+            if n:
+                samples = _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)
+                lines = ["| id | reference | generated | correct |", "|---|---|---|---|"]
+                for i, (p, img) in enumerate(samples):
+                    lines.append(f"| {p['id']} | {p['reference_text']} | {p['generated']!r} | {p['correct']} |")
+                    if t.log_images:
+                        writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
+                                         dataformats="HWC")
+                writer.add_text(f"final/{name}/samples", "\n".join(lines))
+        writer.add_text("final/comparison", table_md)
+        writer.close()
