@@ -11,6 +11,7 @@ import random
 import shutil
 import uuid
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -85,19 +86,21 @@ def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- splits
-def stratified_split(items_by_class: dict[str, list[Any]], fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out `fraction` of each class (at least one item if a class has two or more)."""
+def stratified_split(labels: list[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): `fraction` of each label held out, at least one where a label has two rows.
+
+    Done on the rows actually written, so that unreadable files cannot empty a class's held-out share.
+    """
     rng = random.Random(seed)
     kept, held = [], []
-    for name in sorted(items_by_class):
-        items = sorted(items_by_class[name])
-        rng.shuffle(items)
-        n_held = round(len(items) * fraction)
-        if n_held == 0 and len(items) >= 2 and fraction > 0:
+    for label, indices in sorted(group_by(range(len(labels)), lambda i: labels[i]).items()):
+        rng.shuffle(indices)
+        n_held = round(len(indices) * fraction)
+        if n_held == 0 and len(indices) >= 2 and fraction > 0:
             n_held = 1
-        held += items[:n_held]
-        kept += items[n_held:]
-    return kept, held
+        held += indices[:n_held]
+        kept += indices[n_held:]
+    return sorted(kept), sorted(held)
 
 
 def stratified_sample(items_by_class: dict[str, list[Any]], limit: int | None, seed: int) -> dict[str, list[Any]]:
@@ -143,34 +146,31 @@ def conversation_features(extra: dict[str, Any]):
     })
 
 
-def publish(splits: dict[str, Callable[[], Iterator[dict[str, Any]]]], features, report: PrepReport,
-            out: Path, overwrite: bool) -> None:
-    """Write each split's rows to a DatasetDict at `out`, with prep_report.json, atomically.
+def build_split(rows: Callable[[], Iterator[dict[str, Any]]], features, staging: Path, name: str):
+    """A Dataset written from a row generator into the staging folder's cache (never held in memory)."""
+    from datasets import Dataset
 
-    Everything is written to a hidden sibling folder first and renamed into place at the end, so an
-    interrupted run leaves no folder that loads as a complete dataset, and rerunning finishes the job.
+    # an explicit fingerprint: hashing the generator's closure (every file path) is slow and useless here
+    return Dataset.from_generator(rows, features=features, cache_dir=str(staging / "cache"), split=name,
+                                  fingerprint=f"{staging.name}-{name}-{uuid.uuid4().hex}")
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden sibling folder to build in; its `dataset/` replaces `out` only when the block completes.
+
+    An interrupted run leaves no folder that loads as a complete dataset, and rerunning finishes the job.
     """
-    from datasets import Dataset, DatasetDict
-
     out = out.resolve()
     if out.exists() and not overwrite:
         raise PrepError(f"{out} already exists: pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    cache = staging / "cache"
+    staging.mkdir()
     try:
-        dataset_dict = DatasetDict({
-            # an explicit fingerprint: hashing the generator's closure (every file path) is slow and useless here
-            name: Dataset.from_generator(rows, features=features, cache_dir=str(cache), split=name,
-                                         fingerprint=f"{out.name}-{name}-{uuid.uuid4().hex}")
-            for name, rows in splits.items()
-        })
-        dataset_dict.save_to_disk(str(staging / "dataset"))
-        del dataset_dict
-        shutil.rmtree(cache, ignore_errors=True)
+        yield staging
         final = staging / "dataset"
-        (final / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, trash)
@@ -180,3 +180,14 @@ def publish(splits: dict[str, Callable[[], Iterator[dict[str, Any]]]], features,
             os.rename(final, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str] | None = None) -> None:
+    """Count the rows written, then save the DatasetDict and its report into the staging folder."""
+    for name, split in dataset_dict.items():
+        labels = split["label"] if label_names else []
+        report.count_split(name, (label_names[i] for i in labels) if label_names else [])
+        if not label_names:
+            report.splits[name]["total"] = len(split)
+    dataset_dict.save_to_disk(str(staging / "dataset"))
+    (staging / "dataset" / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep._common import (PrepError, PrepReport, conversation, conversation_features, group_by, publish,
-                               read_image_bytes, stratified_sample, stratified_split)
+from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features,
+                               read_image_bytes, save_dataset, staged_output, stratified_sample, stratified_split)
 from medtune.tasks import get_task
 
 TASK = get_task("tissue_classification")
@@ -70,7 +70,7 @@ def _list_images(root: Path, src: Path, report: PrepReport) -> dict[str, list[Pa
 def _rows(items: list[Path], src: Path, report: PrepReport, desc: str):
     def generate():
         prompt = TASK.prompt()
-        for path in tqdm(items, desc=desc, unit="img", mininterval=1.0):
+        for path in tqdm(items, desc=f"reading {desc}", unit="img", mininterval=1.0):
             data, problem = read_image_bytes(path)
             if problem:
                 report.skip(path.relative_to(src), problem)
@@ -82,7 +82,7 @@ def _rows(items: list[Path], src: Path, report: PrepReport, desc: str):
 
 
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
-    from datasets import ClassLabel
+    from datasets import ClassLabel, DatasetDict
 
     report = PrepReport(dataset="crc100k", source=str(src))
     train_root = _train_dir(src, args.variant)
@@ -92,22 +92,17 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     test = stratified_sample(_list_images(src / TEST_DIR, src, report), args.limit_test, args.seed)
     if not any(pool.values()):
         raise PrepError(f"no .tif images under {train_root}/<CLASS>/ (classes: {', '.join(CLASSES)})")
-    train, validation = stratified_split(pool, args.validation_fraction, args.seed)
-    test_items = [p for name in sorted(test) for p in sorted(test[name])]
-    splits = {"train": train, "validation": validation, "test": test_items}
 
     features = conversation_features({"label": ClassLabel(names=list(CLASSES))})
-    publish({name: _rows(items, src, report, f"{name:>10}") for name, items in splits.items()},
-            features, report, out, args.overwrite)
-    # counts after publishing: the rows actually written (skipped files excluded)
-    from datasets import load_from_disk
-
-    written = load_from_disk(str(out))
-    for name in splits:
-        report.count_split(name, (CLASSES[i] for i in written[name]["label"]))
-    import json
-
-    (out / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    flat = lambda by_class: [p for name in sorted(by_class) for p in by_class[name]]  # noqa: E731
+    with staged_output(out, args.overwrite) as staging:
+        train_pool = build_split(_rows(flat(pool), src, report, "100K"), features, staging, "pool")
+        kept, held = stratified_split(train_pool["label"], args.validation_fraction, args.seed)
+        dataset_dict = DatasetDict({
+            "train": train_pool.select(kept), "validation": train_pool.select(held),
+            "test": build_split(_rows(flat(test), src, report, "7K"), features, staging, "test"),
+        })
+        save_dataset(dataset_dict, report, staging, list(CLASSES))
     return report
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -138,6 +139,21 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------- loading
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `2e-4` (no dot) as a string; recipes and overrides mean a float."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: no arbitrary objects
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], value); the value is read as YAML (numbers, bools, lists)."""
     key, sep, raw = text.partition("=")
@@ -145,7 +161,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or len(parts) != 2 or not all(parts):
         raise RecipeError(key.strip() or text, f"override {text!r} must look like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -156,7 +172,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise RecipeError("", f"recipe file {str(path)!r} not found (recipes live in recipes/<task>/)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = _load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -1,0 +1,55 @@
+"""Shared fixtures. Everything runs offline on a CPU: the tiny model is built locally (into a per-session
+cache), data is the synthetic stand-in in each publisher's raw layout."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED_TOKEN = "hf_medtunePlantedTestToken0123456789"  # must never appear in any file a run writes
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the Hub from a test
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory):
+    """A fresh tiny-model cache per session (also proves the model builds from nothing)."""
+    path = tmp_path_factory.mktemp("medtune-cache")
+    os.environ["MEDTUNE_CACHE"] = str(path)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command as a user would (a fresh process), capturing its output."""
+    return subprocess.run([*args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="session")
+def small_crc(tmp_path_factory):
+    """A small synthetic CRC download (4 train / 2 test images per class) and its prepared DatasetDict."""
+    from data_prep.crc100k import synthesize
+
+    root = tmp_path_factory.mktemp("crc-small")
+    synthesize(root / "raw", seed=1, train_per_class=4, test_per_class=2)
+    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(root / "raw"), "--out",
+                     str(root / "data"))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`medtune demo`, exactly as the README runs it: synthetic data -> prepare -> train -> eval -> export."""
+    workdir = tmp_path_factory.mktemp("demo")
+    os.environ["HF_TOKEN"] = PLANTED_TOKEN  # as a user with a Hub login would have it
+    try:
+        result = run_cli("medtune", "demo", "--workdir", str(workdir))
+    finally:
+        del os.environ["HF_TOKEN"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result

@@ -1,0 +1,102 @@
+"""data_prep crc100k on the synthetic stand-in, in Zenodo's layout, broken files included."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import pytest
+from datasets import load_from_disk
+from PIL import Image
+
+from data_prep.crc100k import CLASSES, synthesize
+from medtune.tasks import get_task
+from tests.conftest import run_cli
+
+TASK = get_task("tissue_classification")
+
+
+def test_splits_rows_and_report(small_crc):
+    data = load_from_disk(str(small_crc / "data"))
+    assert set(data) == {"train", "validation", "test"}
+    # 4 per class in 100K minus 3 broken files (empty ADI, truncated TUM, text MUC) -> 90/10 stratified
+    report = json.loads((small_crc / "data" / "prep_report.json").read_text())
+    assert report["splits"]["test"]["total"] == 2 * 9 - 0  # the empty DEB test file is extra, skipped
+    assert report["splits"]["train"]["total"] + report["splits"]["validation"]["total"] == 4 * 9
+    assert set(Counter(data["validation"]["label"])) == set(range(9))  # every class held out
+    assert not set(data["train"]["id"]) & set(data["validation"]["id"])
+    row = data["train"][0]
+    assert row["image"].mode == "RGB" and row["image"].size == (224, 224)
+    user, assistant = row["messages"]
+    assert user["content"][0]["type"] == "image"
+    assert user["content"][1]["text"] == TASK.prompt()
+    assert assistant["content"][0]["text"] == row["answer"] == TASK.answer(row["label"])
+    assert row["id"].split("/")[1] == CLASSES[row["label"]]  # the label is the class folder
+
+
+def test_every_broken_or_stray_file_is_skipped_counted_and_listed(small_crc):
+    report = json.loads((small_crc / "data" / "prep_report.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {
+        "NCT-CRC-HE-100K/ADI/ADI-EMPTYFILE.tif": "empty file",
+        "NCT-CRC-HE-100K/MUC/MUC-NOTANIMAGE.tif": "not an image",
+        "NCT-CRC-HE-100K/LYM/.DS_Store": "stray file: not a .tif image",
+        "NCT-CRC-HE-100K/STR/Thumbs.db": "stray file: not a .tif image",
+        "CRC-VAL-HE-7K/DEB/DEB-EMPTYFILE.tif": "empty file",
+        "NCT-CRC-HE-100K/TUM/TUM-TRUNCATED.tif": reasons.get("NCT-CRC-HE-100K/TUM/TUM-TRUNCATED.tif"),
+    }
+    assert reasons["NCT-CRC-HE-100K/TUM/TUM-TRUNCATED.tif"].startswith("unreadable")
+    assert report["skipped_count"] == 6
+    assert {"datasets", "pillow"} <= set(report["versions"])
+
+
+def test_other_image_modes_are_converted_and_unknown_folders_reported(tmp_path):
+    synthesize(tmp_path / "raw", train_per_class=2, test_per_class=1)
+    Image.new("RGBA", (224, 224), (10, 20, 30, 128)).save(tmp_path / "raw/NCT-CRC-HE-100K/ADI/ADI-RGBA0000.tif")
+    (tmp_path / "raw/NCT-CRC-HE-100K/XYZ").mkdir()
+    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(tmp_path / "raw"),
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    data = load_from_disk(str(tmp_path / "out"))
+    rgba = [r for r in data["train"].to_list() + data["validation"].to_list() if r["id"].endswith("RGBA0000")]
+    assert len(rgba) == 1
+    report = json.loads((tmp_path / "out/prep_report.json").read_text())
+    assert any(s["path"] == "NCT-CRC-HE-100K/XYZ" and "unknown class folder" in s["reason"] for s in report["skipped"])
+
+
+def test_limits_keep_every_class(tmp_path):
+    synthesize(tmp_path / "raw", train_per_class=10, test_per_class=4)
+    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(tmp_path / "raw"), "--out",
+                     str(tmp_path / "out"), "--limit-train", "45", "--limit-test", "18")
+    assert result.returncode == 0, result.stderr
+    data = load_from_disk(str(tmp_path / "out"))
+    assert len(data["test"]) <= 18 and set(data["test"]["label"]) == set(range(9))
+    assert len(data["train"]) + len(data["validation"]) <= 45
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("empty", "has no NCT-CRC-HE-100K or NCT-CRC-HE-100K-NONORM/ folder"),
+    ("no-test", "has no CRC-VAL-HE-7K/ folder"),
+])
+def test_wrong_source_layout_is_one_line_exit_2(tmp_path, layout, message):
+    src = tmp_path / "raw"
+    src.mkdir()
+    if layout == "no-test":
+        (src / "NCT-CRC-HE-100K" / "ADI").mkdir(parents=True)
+    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(src), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_kept_unless_overwrite(small_crc, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = [sys.executable, "-m", "data_prep", "crc100k", "--src", str(small_crc / "raw"), "--out", str(out)]
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    assert run_cli(*args, "--overwrite").returncode == 0
+    assert not (out / "keep.txt").exists() and len(load_from_disk(str(out))["test"]) == 18
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
