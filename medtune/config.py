@@ -110,6 +110,7 @@ _OWNED_ELSEWHERE = {
     "bf16": "precision is set by model.precision (bf16 on capable GPUs, fp32 on CPU)",
     "fp16": "fp16 overflows in Gemma 3; precision is set by model.precision",
     "report_to": "the tracker is set by tracking.backend",
+    "use_cpu": "chosen from the hardware (CPU only where no GPU is visible)",
     "assistant_only_loss": "medtune always trains on the answer only (DESIGN.md)",
 }
 _TRAINING_DEFAULTS = {"output_dir": None}

@@ -18,5 +18,5 @@ def load_split(recipe: Recipe, split: str):
     cap = getattr(recipe.data, CAPS.get(split, ""), None)
     if cap is not None and cap < len(dataset):
         # a seeded shuffle before the cut keeps every class in proportion (the files are sorted by class)
-        dataset = dataset.shuffle(seed=recipe.data.seed).select(range(cap)).flatten_indices()
+        dataset = dataset.shuffle(seed=recipe.data.seed).select(range(cap))
     return dataset

@@ -80,8 +80,9 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
               "attn_implementation": recipe.model.attn_implementation, "revision": recipe.model.revision}
     if quantize:
         kwargs["quantization_config"] = quantization_config(recipe, precision)
-        # a quantized model cannot be moved after loading: place it on this process's device now
-        kwargs["device_map"] = {"": PartialState().device}
+    # Straight onto this process's device: the out-of-box evaluation runs before the Trainer would move it,
+    # and a quantized model cannot be moved after loading at all.
+    kwargs["device_map"] = {"": PartialState().device}
     with _hub_errors(recipe.model.name_or_path):
         return AutoModelForImageTextToText.from_pretrained(model_path(recipe), **kwargs)
 

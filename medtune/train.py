@@ -59,7 +59,11 @@ def run(recipe: Recipe) -> dict:
     from medtune.run_info import write_run_info
     from medtune.tasks import get_task
 
-    state = PartialState()
+    import torch
+
+    # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
+    on_cpu = not torch.cuda.is_available()
+    state = PartialState(cpu=on_cpu)
     out_dir, eval_dir = recipe.output_dir, recipe.output_dir / "eval"
     task = get_task(recipe.task.name)
     precision = resolve_precision(recipe.model.precision)
@@ -86,7 +90,7 @@ def run(recipe: Recipe) -> dict:
 
     # ---------------------------------------------------------------- training
     training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
-    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True,
+    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
                      **tracking.training_arguments(recipe))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
                          eval_dataset=validation_set if args.eval_strategy != "no" else None,

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# property tests check behaviour, not speed: no per-example deadline on a loaded 2-core CI machine
+settings.register_profile("medtune", deadline=None)
+settings.load_profile("medtune")
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTED_TOKEN = "hf_medtunePlantedTestToken0123456789"  # must never appear in any file a run writes
