@@ -98,8 +98,8 @@ def _demo(args) -> None:
     print(f"[3/4] {args.method} training of the tiny model, with out-of-box and fine-tuned evaluation")
     recipe = load_recipe(DEMO_RECIPE, [f"data.path={data}", f"training.output_dir={run_dir}",
                                        f"quantization.load_in_4bit={args.method == 'qlora'}"])
-    run(recipe)
-    print(f"[4/4] exported adapter, processor and model card: {run_dir}")
+    table = run(recipe)
+    print(f"[4/4] exported adapter, processor and model card: {run_dir}\n\n{table}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,8 @@ def resume_checkpoint(recipe: Recipe) -> str | None:
     return get_last_checkpoint(str(recipe.output_dir)) if recipe.output_dir.is_dir() else None
 
 
-def run(recipe: Recipe) -> dict:
+def run(recipe: Recipe) -> str | None:
+    """Train, evaluate and export; returns the comparison table on the main process."""
     import json
 
     from accelerate import PartialState
@@ -110,24 +111,25 @@ def run(recipe: Recipe) -> dict:
         (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
         write_model_card(recipe, out_dir)
         tracking.log_evaluation(recipe, {k: v for k, v in results.items() if v}, table, eval_dir, test_set)
-        print("\n" + table)
         print(f"adapter, processor and model card: {out_dir}")
     state.wait_for_everyone()
     if state.is_main_process and recipe.export.merge:
         print(f"merged model: {merge_adapter(recipe, out_dir)}")
     if state.is_main_process and recipe.export.push:
         print(f"uploaded: {push_to_hub(out_dir, recipe.export.repo_id, recipe.export.private)}")
-    return {k: v for k, v in results.items() if v}
+    return table if state.is_main_process else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)  # refuse a bad recipe before anything heavy loads
-        run(recipe)
+        table = run(recipe)
     except MedtuneError as e:
         print(f"medtune: {e}", file=sys.stderr)
         return 2
+    if table:
+        print("\n" + table)
     return 0
 
 
