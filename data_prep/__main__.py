@@ -18,12 +18,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--src", type=Path, required=True, help="the raw download, as the publisher lays it out")
         sub.add_argument("--out", type=Path, required=True, help="where to write the DatasetDict")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        sub.add_argument("--recipe", type=Path, help="take the split options (data.seed, data.test_fraction) "
+                                                     "from this recipe, so that training and data agree")
         reader.add_arguments(sub)
     synthetic = commands.add_parser("synthetic", help="write a small synthetic stand-in in a dataset's raw layout")
     synthetic.add_argument("name", choices=dataset_names())
     synthetic.add_argument("--out", type=Path, required=True)
     synthetic.add_argument("--seed", type=int, default=0)
     return parser
+
+
+SPLIT_OPTIONS = ("seed", "test_fraction")  # recipe data.* keys that shape the splits data_prep makes
+
+
+def apply_recipe_options(args: argparse.Namespace) -> None:
+    import yaml
+
+    if not args.recipe.is_file():
+        raise PrepError(f"--recipe {args.recipe} not found")
+    data = (yaml.safe_load(args.recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+    for key in SPLIT_OPTIONS:
+        if data.get(key) is not None and hasattr(args, key):
+            setattr(args, key, data[key])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             get_reader(args.name).synthesize(args.out, seed=args.seed)
             print(f"wrote a synthetic {args.name} stand-in to {args.out}")
             return 0
+        if args.recipe:
+            apply_recipe_options(args)
         if not args.src.is_dir():
             raise PrepError(f"--src {args.src} is not a folder")
         report = get_reader(args.dataset).prepare(args.src, args.out, args)

@@ -4,6 +4,7 @@ rows, and publishing the DatasetDict atomically (an interrupted run never leaves
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ class PrepReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # how the splits were made (seed, fractions)
 
     def skip(self, path: Path | str, reason: str) -> None:
         self.skipped.append({"path": str(path), "reason": reason})
@@ -50,7 +52,7 @@ class PrepReport:
         return {
             "dataset": self.dataset, "source": self.source,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions, "splits": self.splits,
+            "versions": versions, "options": self.options, "splits": self.splits,
             "skipped_count": len(self.skipped), "skipped_by_reason": dict(reasons),
             "skipped": self.skipped, "notes": self.notes,
         }
@@ -86,21 +88,48 @@ def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
 
 
 # ----------------------------------------------------------------------------- splits
-def stratified_split(labels: list[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (kept, held out): `fraction` of each label held out, at least one where a label has two rows.
+def stratified_split(labels: list[Any], fraction: float, seed: int,
+                     groups: list[Any] | None = None) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out): `fraction` of each label held out, at least one where a label has two.
 
-    Done on the rows actually written, so that unreadable files cannot empty a class's held-out share.
+    With `groups` (e.g. patients), whole groups are held out, so no group straddles the two parts; a group's
+    label is its highest (a patient with any positive image counts as positive). Done on the rows actually
+    written, so that unreadable files cannot empty a class's held-out share.
     """
+    groups = list(range(len(labels))) if groups is None else groups
+    members = group_by(range(len(labels)), lambda i: groups[i])
+    group_label = {g: max(labels[i] for i in idx) for g, idx in members.items()}
     rng = random.Random(seed)
     kept, held = [], []
-    for label, indices in sorted(group_by(range(len(labels)), lambda i: labels[i]).items()):
-        rng.shuffle(indices)
-        n_held = round(len(indices) * fraction)
-        if n_held == 0 and len(indices) >= 2 and fraction > 0:
+    for label, names in sorted(group_by(sorted(members), lambda g: group_label[g]).items()):
+        rng.shuffle(names)
+        n_held = round(len(names) * fraction)
+        if n_held == 0 and len(names) >= 2 and fraction > 0:
             n_held = 1
-        held += indices[:n_held]
-        kept += indices[n_held:]
+        held += [i for g in names[:n_held] for i in members[g]]
+        kept += [i for g in names[n_held:] for i in members[g]]
     return sorted(kept), sorted(held)
+
+
+def id_key() -> bytes:
+    """The key for hashing identifiers: MEDTUNE_ID_KEY, or a random one made once per machine.
+
+    Hashed ids are stable across reruns on one machine (predictions stay comparable) but cannot be
+    reversed or linked to the source identifiers without the key, which never leaves this machine.
+    """
+    if os.environ.get("MEDTUNE_ID_KEY"):
+        return os.environ["MEDTUNE_ID_KEY"].encode()
+    path = Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune")) / "id_key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32).hex().encode())
+    return path.read_bytes().strip()
+
+
+def hashed_id(value: str, key: bytes) -> str:
+    return hashlib.blake2b(value.encode(), key=key[:64], digest_size=10).hexdigest()
 
 
 def stratified_sample(items_by_class: dict[str, list[Any]], limit: int | None, seed: int) -> dict[str, list[Any]]:
@@ -185,9 +214,7 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
 def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str] | None = None) -> None:
     """Count the rows written, then save the DatasetDict and its report into the staging folder."""
     for name, split in dataset_dict.items():
-        labels = split["label"] if label_names else []
-        report.count_split(name, (label_names[i] for i in labels) if label_names else [])
-        if not label_names:
-            report.splits[name]["total"] = len(split)
+        report.count_split(name, (label_names[i] for i in split["label"]) if label_names else [])
+        report.splits[name]["total"] = len(split)
     dataset_dict.save_to_disk(str(staging / "dataset"))
     (staging / "dataset" / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -84,7 +84,7 @@ def _rows(items: list[Path], src: Path, report: PrepReport, desc: str):
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, DatasetDict
 
-    report = PrepReport(dataset="crc100k", source=str(src))
+    report = PrepReport(dataset="crc100k", source=str(src), options={"variant": args.variant, "validation_fraction": args.validation_fraction, "limit_train": args.limit_train, "limit_test": args.limit_test, "seed": args.seed})
     train_root = _train_dir(src, args.variant)
     if not (src / TEST_DIR).is_dir():
         raise PrepError(f"{src} has no {TEST_DIR}/ folder: unzip CRC-VAL-HE-7K.zip from Zenodo record 1214456 into it")

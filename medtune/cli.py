@@ -74,7 +74,8 @@ def _evaluate(args) -> None:
     name = args.name or ("adapter" if args.adapter else "base")
     result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split),
                       get_task(recipe.task.name), name=name, out_dir=recipe.output_dir / "eval",
-                      batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens, model_label=label)
+                      batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens, model_label=label,
+                        mode=recipe.eval.mode)
     if result:
         shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
         print(f"{name}: {shown}\nwritten to {recipe.output_dir / 'eval' / (name + '.json')}")
@@ -103,7 +104,13 @@ def _demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may follow options (`eval R --adapter A eval.mode=score`): collect the key=value words left over
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         if args.command == "prepare":
             from data_prep.__main__ import main as data_prep_main

@@ -53,7 +53,10 @@ class DataSection:
     max_train_samples: int | None = field(default=None, metadata=_range(1))
     max_validation_samples: int | None = field(default=None, metadata=_range(1))
     max_test_samples: int | None = field(default=None, metadata=_range(1))
-    seed: int = 42  # which samples the caps keep
+    seed: int = 42  # which samples the caps keep; the split seed for `python -m data_prep ... --recipe`
+    # the share held out for test by readers that make their own test split (SIIM-ACR, by patient);
+    # None: as the dataset was prepared. `python -m data_prep ... --recipe` applies it.
+    test_fraction: float | None = field(default=None, metadata=_range(0.0, 0.9))
 
 
 @dataclass
@@ -79,6 +82,9 @@ class EvalSection:
     baseline: bool = True  # evaluate the base model (out-of-box) before training
     finetuned: bool = True  # evaluate the adapter after training
     split: str = "test"
+    # generate: greedy generation, answers parsed (the paper's way); score: one forward pass per example
+    # scores each option (classification tasks only): faster, never unparsable, gives AUROC
+    mode: Literal["generate", "score"] = "generate"
     batch_size: int = field(default=8, metadata=_range(1))
     max_new_tokens: int | None = field(default=None, metadata=_range(1))  # None: the task's default
 
@@ -293,12 +299,20 @@ def validate(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("task.name", f"unknown task {recipe.task.name!r}{_suggest(recipe.task.name, task_names())}; "
                                        f"built in: {', '.join(task_names())}")
     task = get_task(recipe.task.name)
+    if recipe.eval.mode == "score" and not hasattr(task, "options"):
+        raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     data_path = Path(recipe.data.path) if recipe.data.path else None
     if data_path is None or not (data_path / "dataset_dict.json").is_file():
         what = "is not set" if data_path is None else (
             f"{str(data_path)!r} does not exist" if not data_path.exists() else f"{str(data_path)!r} is not a prepared dataset")
         raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep {task.dataset} --src RAW "
                                        f"--out DIR` and pass data.path=DIR")
+    prepared = _prep_options(data_path)
+    if recipe.data.test_fraction is not None and prepared.get("test_fraction", recipe.data.test_fraction) != \
+            recipe.data.test_fraction:
+        raise RecipeError("data.test_fraction", f"{recipe.data.test_fraction} but {data_path} was prepared with "
+                                                f"{prepared['test_fraction']}: prepare it again with --recipe, or "
+                                                f"set data.test_fraction={prepared['test_fraction']}")
     if recipe.export.push and not recipe.export.repo_id:
         raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
     if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
@@ -306,6 +320,15 @@ def validate(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id "
                                                 "(org/name), a local folder, nor `tiny`")
     return recipe
+
+
+def _prep_options(data_path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((data_path / "prep_report.json").read_text(encoding="utf-8")).get("options") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:

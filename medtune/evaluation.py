@@ -12,41 +12,74 @@ from typing import Any
 
 from tqdm import tqdm
 
+from medtune.errors import MedtuneError
+
 
 def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The conversation up to the model's turn: what the model sees at test time."""
     return [m for m in messages if m["role"] != "assistant"]
 
 
-def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: int, desc: str,
-                     show_progress: bool = True) -> list[str]:
+def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_progress: bool):
+    """Left-padded model inputs for the prompts of `rows`, a batch at a time, on the model's device."""
     import torch
 
-    model.eval()
     dtype = getattr(model, "dtype", torch.float32)
-    answers: list[str] = []
-    batches = range(0, len(rows), batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", disable=not show_progress):
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not show_progress):
         batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         texts = [processor.apply_chat_template(_prompt_messages(r["messages"]), add_generation_prompt=True,
                                                tokenize=False) for r in batch]
         inputs = processor(text=texts, images=[[r["image"].convert("RGB")] for r in batch], padding=True,
-                           padding_side="left",  # generation continues every row from its last token
+                           padding_side="left",  # every row's next token follows its last prompt token
                            add_special_tokens=False,  # the chat template already starts with <bos>
                            return_tensors="pt").to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        yield inputs
+
+
+def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: int, desc: str,
+                     show_progress: bool = True) -> list[str]:
+    """Greedy generation, batched."""
+    import torch
+
+    model.eval()
+    answers: list[str] = []
+    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
+        answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return answers
 
 
+def option_first_tokens(tokenizer, task) -> list[int]:
+    """The token each option line starts with (its letter); they must differ for scoring to tell them apart."""
+    ids = [tokenizer(task.option_line(i), add_special_tokens=False)["input_ids"][0] for i in range(len(task.options))]
+    if len(set(ids)) != len(ids):
+        raise MedtuneError(f"eval.mode=score: the options of {task.name} do not start with distinct tokens")
+    return ids
+
+
+def score_options(model, processor, rows, option_ids: list[int], batch_size: int, desc: str,
+                  show_progress: bool = True) -> list[list[float]]:
+    """One forward pass over each prompt: the probability of each option's first token, renormalised over
+    the options. Never unparsable, gives scores (hence AUROC), and needs no decoding loop."""
+    import torch
+
+    model.eval()
+    scores: list[list[float]] = []
+    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
+        with torch.inference_mode():
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]  # the next-token logits only
+        scores += logits[:, option_ids].float().softmax(dim=-1).tolist()
+    return scores
+
+
 def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch_size: int,
-             max_new_tokens: int | None, model_label: str) -> dict[str, Any] | None:
+             max_new_tokens: int | None, model_label: str, mode: str = "generate") -> dict[str, Any] | None:
     """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
 
-    Returns the result on the main process, None on the others.
+    mode "generate": greedy generation, answers parsed by the task (the paper's way, the default);
+    mode "score": option scoring (classification tasks). Returns the result on the main process only.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -54,33 +87,43 @@ def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch
     state = PartialState()
     started = time.time()
     max_new_tokens = max_new_tokens or task.max_new_tokens
+    desc, show = f"eval {name} ({mode})", state.is_local_main_process
     with state.split_between_processes(list(range(len(dataset)))) as shard:
         rows = dataset.select(shard) if shard else []
-        texts = generate_answers(model, processor, rows, batch_size, max_new_tokens,
-                                 desc=f"eval {name}", show_progress=state.is_local_main_process)
+        if mode == "score":
+            option_ids = option_first_tokens(processor.tokenizer, task)
+            outputs = score_options(model, processor, rows, option_ids, batch_size, desc, show) if shard else []
+        else:
+            outputs = generate_answers(model, processor, rows, batch_size, max_new_tokens, desc, show) if shard else []
         ids = list(rows["id"]) if shard else []
-    gathered = gather_object(list(zip(ids, texts)))
+    gathered = gather_object(list(zip(ids, outputs)))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
 
     by_id = dict(gathered)
-    references, predictions = [], []
+    references, predictions, scores = [], [], []
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
         for row in dataset.select_columns([c for c in dataset.column_names if c != "image"]):
-            text = by_id[row["id"]]
-            reference, parsed = task.reference(row), task.parse_answer(text)
+            output, reference = by_id[row["id"]], task.reference(row)
+            record = {"id": row["id"], "reference": reference, "reference_text": row["answer"]}
+            if mode == "score":
+                parsed = max(range(len(output)), key=output.__getitem__)
+                record.update(generated=task.option_line(parsed), scores=output)
+                scores.append(output)
+            else:
+                parsed = task.parse_answer(output)
+                record["generated"] = output
             references.append(reference)
             predictions.append(parsed)
-            f.write(json.dumps({"id": row["id"], "reference": reference, "reference_text": row["answer"],
-                                "generated": text, "parsed": parsed, "correct": parsed == reference}) + "\n")
-    metrics = task.compute_metrics(references, predictions)
+            f.write(json.dumps({**record, "parsed": parsed, "correct": parsed == reference}) + "\n")
+    metrics = task.compute_metrics(references, predictions, scores if mode == "score" else None)
     result = {
         "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
         "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
-        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                       "processes": state.num_processes},
+        "decoding": {"mode": mode, "batch_size": batch_size, "processes": state.num_processes,
+                     **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})},
     }
     result["figures"] = [p.name for p in task.write_figures(metrics, out_dir, name)]
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 TINY_NAME = "tiny"
-TINY_VERSION = 1  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+TINY_VERSION = 2  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
@@ -100,9 +100,13 @@ def build_tiny_model(tokenizer):
     )
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(config).eval()
-    # Gemma 3 initialises the projector to zeros: images would have no effect on a random model.
     with torch.no_grad():
+        # Gemma 3 initialises the projector to zeros: images would have no effect on a random model.
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.02)
+        # With 64 hidden units, std-0.02 embeddings (tied to lm_head) give logits within about +-1: every
+        # next-token distribution stays nearly flat however the model learns. A wider spread lets the tiny
+        # model become as confident as a real one (needed to compare option scoring with generation).
+        model.model.language_model.embed_tokens.weight.normal_(0, 0.2)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -82,7 +82,8 @@ def run(recipe: Recipe) -> str | None:
 
     def run_eval(m, name: str, label: str):
         return evaluate(m, processor, test_set, task, name=name, out_dir=eval_dir, batch_size=recipe.eval.batch_size,
-                        max_new_tokens=recipe.eval.max_new_tokens, model_label=label)
+                        max_new_tokens=recipe.eval.max_new_tokens, model_label=label,
+                        mode=recipe.eval.mode)
 
     # ---------------------------------------------------------------- out-of-box evaluation
     results = {}

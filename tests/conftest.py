@@ -48,6 +48,25 @@ def small_crc(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_siim(tmp_path_factory):
+    """The synthetic SIIM-ACR download (40 patients, broken files included) and its prepared DatasetDict."""
+    from data_prep.siim_acr import synthesize
+
+    root = tmp_path_factory.mktemp("siim-small")
+    synthesize(root / "raw", seed=0)
+    result = run_cli(sys.executable, "-m", "data_prep", "siim_acr", "--src", str(root / "raw"), "--out",
+                     str(root / "data"), "--recipe", str(REPO / "recipes/pneumothorax/qlora.yaml"))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(small_crc, small_siim):
+    """task name -> a prepared dataset folder for it."""
+    return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data"}
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """`medtune demo`, exactly as the README runs it: synthetic data -> prepare -> train -> eval -> export."""
     workdir = tmp_path_factory.mktemp("demo")

@@ -126,7 +126,7 @@ def test_two_ranks_on_cpu_train_once_and_evaluate_like_one_process(small_crc, tm
                      f"training.output_dir={run}", "training.num_train_epochs=1", "eval.baseline=false")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     distributed = json.loads((run / "eval/finetuned.json").read_text())
-    assert distributed["generation"]["processes"] == 2 and distributed["n"] == 18
+    assert distributed["decoding"]["processes"] == 2 and distributed["n"] == 18
     assert result.stdout.count("| task | metric | out-of-box | fine-tuned |") == 1
     single = run_cli("medtune", "eval", str(run / "recipe.yaml"), "--adapter", str(run), "--name", "single")
     assert single.returncode == 0, single.stderr[-2000:]

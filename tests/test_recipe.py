@@ -23,10 +23,30 @@ def data_path(small_crc):
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_shipped_recipes_validate(recipe, data_path):
-    loaded = load_recipe(recipe, [data_path])
-    assert loaded.training["output_dir"]
-    assert loaded.task.name == "tissue_classification"
+def test_shipped_recipes_validate(recipe, prepared):
+    import yaml
+
+    task = yaml.safe_load(recipe.read_text())["task"]["name"]
+    loaded = load_recipe(recipe, [f"data.path={prepared[task]}"])
+    assert loaded.training["output_dir"] and loaded.task.name == task
+
+
+def test_a_test_share_other_than_the_prepared_one_is_refused(prepared):
+    recipe = REPO / "recipes/pneumothorax/qlora.yaml"
+    with pytest.raises(RecipeError, match="prepared with 0.2") as error:
+        load_recipe(recipe, [f"data.path={prepared['pneumothorax']}", "data.test_fraction=0.3"])
+    assert error.value.key == "data.test_fraction"
+
+
+def test_option_scoring_is_refused_for_a_task_without_options(data_path, monkeypatch):
+    import medtune.config as config
+
+    class Free:  # a generation task such as report writing: no options to score
+        name, dataset = "free_text", "crc100k"
+
+    monkeypatch.setattr(config, "get_task", lambda name: Free())
+    with pytest.raises(RecipeError, match="score needs a multiple-choice task"):
+        load_recipe(QLORA, [data_path, "eval.mode=score"])
 
 
 def test_qlora_recipe_follows_the_reference_notebook(data_path):

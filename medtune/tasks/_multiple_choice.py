@@ -23,6 +23,7 @@ class MultipleChoiceTask:
     options: tuple[str, ...]  # option texts, in label order
     class_names: tuple[str, ...]  # short class names, in label order (the dataset's folder names)
     table_metrics: tuple[str, ...] = ("weighted_f1", "accuracy", "macro_f1", "unparsable")  # paper's first
+    positive_label: int | None = None  # binary tasks: the class whose F1/precision/recall the paper reports
     max_new_tokens: int = 16  # an option line is a few tokens; more only wastes generation time
     kind: str = "classification"
 
@@ -62,12 +63,20 @@ class MultipleChoiceTask:
         if leading and (leading.group(0).rstrip() == clean or leading.group(0)[-1] in ":)"
                         or leading.group(1).isupper()):
             return letters.index(leading.group(1).upper())
-        named = {i for i, option in enumerate(self.options)
-                 if re.search(rf"(?<![\w-]){re.escape(option.lower())}(?![\w-])", lowered)}
+        spans = {i: [m.span() for m in re.finditer(rf"(?<![\w-]){re.escape(option.lower())}(?![\w-])", lowered)]
+                 for i, option in enumerate(self.options)}
+        spans = {i: found for i, found in spans.items() if found}
+        # an option whose every mention sits inside a longer option's ("pneumothorax" in "no pneumothorax")
+        # is not named on its own
+        named = {i for i, found in spans.items()
+                 if any(not any(j != i and a <= start and end <= b for j, other in spans.items() for a, b in other)
+                        for start, end in found)}
         return named.pop() if len(named) == 1 else UNPARSABLE
 
     # -------------------------------------------------------------- metrics
-    def compute_metrics(self, references: list[int], predictions: list[int]) -> dict[str, Any]:
+    def compute_metrics(self, references: list[int], predictions: list[int],
+                        scores: list[list[float]] | None = None) -> dict[str, Any]:
+        """`scores`: a probability per option for each example (option scoring), which AUROC needs."""
         from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
         labels = list(range(len(self.options)))
@@ -75,7 +84,7 @@ class MultipleChoiceTask:
         # a false positive for no class.
         precision, recall, f1, support = precision_recall_fscore_support(
             references, predictions, labels=labels, zero_division=0)
-        return {
+        metrics = {
             "n": len(references),
             "accuracy": float(accuracy_score(references, predictions)),
             "weighted_f1": float(f1_score(references, predictions, labels=labels, average="weighted", zero_division=0)),
@@ -88,6 +97,28 @@ class MultipleChoiceTask:
                 "counts": confusion_matrix(references, predictions, labels=[*labels, UNPARSABLE])[:-1].tolist(),
             },
         }
+        if self.positive_label is not None:
+            positive = self.class_names[self.positive_label]
+            metrics.update({k: metrics["per_class"][positive][k] for k in ("f1", "precision", "recall")})
+        metrics.update(self._auroc(references, scores))
+        return metrics
+
+    def _auroc(self, references: list[int], scores: list[list[float]] | None) -> dict[str, Any]:
+        from sklearn.metrics import roc_auc_score
+
+        if scores is None:
+            return {"auroc": None, "auroc_unavailable": "generation gives no scores: use eval.mode=score"}
+        if len(set(references)) < 2:
+            return {"auroc": None, "auroc_unavailable": "the split holds a single class"}
+        if self.positive_label is not None:
+            return {"auroc": float(roc_auc_score([r == self.positive_label for r in references],
+                                                 [s[self.positive_label] for s in scores]))}
+        present = sorted(set(references))  # one-vs-rest over the classes present, scores renormalised
+        kept = [[s[i] for i in present] for s in scores]
+        kept = [[v / (sum(row) or 1.0) for v in row] for row in kept]
+        if len(present) == 2:
+            return {"auroc": float(roc_auc_score([r == present[1] for r in references], [k[1] for k in kept]))}
+        return {"auroc": float(roc_auc_score(references, kept, multi_class="ovr", labels=present))}
 
     def write_figures(self, metrics: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
         """The confusion matrix as a PNG (rows: truth; columns: prediction, then unparsable)."""
@@ -108,7 +139,8 @@ class MultipleChoiceTask:
             ax.text(c, r, str(v), ha="center", va="center", color="white" if v > counts.max() / 2 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{self.name} — {prefix} (weighted F1 {metrics['weighted_f1']:.3f})")
+        headline = self.table_metrics[0]
+        ax.set_title(f"{self.name} — {prefix} ({headline} {metrics[headline]:.3f})")
         fig.tight_layout()
         path = out_dir / f"{prefix}_confusion_matrix.png"
         fig.savefig(path, dpi=100)
