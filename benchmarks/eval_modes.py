@@ -82,10 +82,10 @@ def main() -> None:
     print("| model | generation s | option scoring s | speed-up | generation img/s | scoring img/s |")
     print("|---|---|---|---|---|---|")
     for name, model in models.items():
-        generate = timed(lambda: generate_answers(model, processor, test, args.batch_size, args.max_new_tokens,
-                                                  "generate", show_progress=False))
-        score = timed(lambda: score_options(model, processor, test, option_ids, args.batch_size, "score",
-                                            show_progress=False))
+        generate = timed(lambda m=model: generate_answers(m, processor, test, args.batch_size, args.max_new_tokens,
+                                                          "generate", show_progress=False))
+        score = timed(lambda m=model: score_options(m, processor, test, option_ids, args.batch_size, "score",
+                                                    show_progress=False))
         print(f"| {name} | {generate:.2f} | {score:.2f} | {generate / score:.1f}x | {len(test) / generate:.1f} | "
               f"{len(test) / score:.1f} |")
 
@@ -96,8 +96,8 @@ def main() -> None:
     score = timed(lambda: score_options(model, scaled_processor, test, option_ids, args.batch_size, "score",
                                         show_progress=False))
     for tokens in (args.max_new_tokens, 5):
-        generate = timed(lambda: generate_answers(model, scaled_processor, test, args.batch_size, tokens, "generate",
-                                                  show_progress=False))
+        generate = timed(lambda n=tokens: generate_answers(model, scaled_processor, test, args.batch_size, n,
+                                                           "generate", show_progress=False))
         print(f"| {tokens} | {generate:.2f} | {score:.2f} | {generate / score:.1f}x |")
 
 

@@ -101,7 +101,7 @@ def stratified_split(labels: list[Any], fraction: float, seed: int,
     group_label = {g: max(labels[i] for i in idx) for g, idx in members.items()}
     rng = random.Random(seed)
     kept, held = [], []
-    for label, names in sorted(group_by(sorted(members), lambda g: group_label[g]).items()):
+    for _, names in sorted(group_by(sorted(members), lambda g: group_label[g]).items()):
         rng.shuffle(names)
         n_held = round(len(names) * fraction)
         if n_held == 0 and len(names) >= 2 and fraction > 0:

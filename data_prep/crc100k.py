@@ -29,7 +29,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=["norm", "nonorm"], default=None,
-                        help="NCT-CRC-HE-100K (Macenko-normalised, the notebook's) or -NONORM; default: the one present")
+                        help="NCT-CRC-HE-100K (Macenko-normalised, the notebook's) or -NONORM; "
+                             "default: the one present")
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--limit-train", type=int, default=None, help="use at most N images of 100K (stratified)")
     parser.add_argument("--limit-test", type=int, default=None, help="use at most N images of 7K (stratified)")
@@ -84,7 +85,8 @@ def _rows(items: list[Path], src: Path, report: PrepReport, desc: str):
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, DatasetDict
 
-    report = PrepReport(dataset="crc100k", source=str(src), options={"variant": args.variant, "validation_fraction": args.validation_fraction, "limit_train": args.limit_train, "limit_test": args.limit_test, "seed": args.seed})
+    options = {k: getattr(args, k) for k in ("variant", "validation_fraction", "limit_train", "limit_test", "seed")}
+    report = PrepReport(dataset="crc100k", source=str(src), options=options)
     train_root = _train_dir(src, args.variant)
     if not (src / TEST_DIR).is_dir():
         raise PrepError(f"{src} has no {TEST_DIR}/ folder: unzip CRC-VAL-HE-7K.zip from Zenodo record 1214456 into it")

@@ -14,7 +14,6 @@ import argparse
 import csv
 import io
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +106,8 @@ def read_dicom(path: Path) -> tuple[dict | None, str | None]:
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, Value
 
-    report = PrepReport(dataset="siim_acr", source=str(src), options={"test_fraction": args.test_fraction, "validation_fraction": args.validation_fraction, "seed": args.seed})
+    options = {k: getattr(args, k) for k in ("test_fraction", "validation_fraction", "seed")}
+    report = PrepReport(dataset="siim_acr", source=str(src), options=options)
     csv_path = next((src / name for name in CSV_NAMES if (src / name).is_file()), None)
     if csv_path is None:
         raise PrepError(f"{src} has no {' or '.join(CSV_NAMES)}: unzip the Kaggle SIIM-ACR download into it")

@@ -303,8 +303,10 @@ def validate(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     data_path = Path(recipe.data.path) if recipe.data.path else None
     if data_path is None or not (data_path / "dataset_dict.json").is_file():
-        what = "is not set" if data_path is None else (
-            f"{str(data_path)!r} does not exist" if not data_path.exists() else f"{str(data_path)!r} is not a prepared dataset")
+        if data_path is None:
+            what = "is not set"
+        else:
+            what = f"{str(data_path)!r} " + ("is not a prepared dataset" if data_path.exists() else "does not exist")
         raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep {task.dataset} --src RAW "
                                        f"--out DIR` and pass data.path=DIR")
     prepared = _prep_options(data_path)

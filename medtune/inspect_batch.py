@@ -41,7 +41,7 @@ def inspect_example(recipe: Recipe, index: int = 0) -> str:
     batch = build_collator(processor, recipe.training.get("max_length"))([row])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     tokenizer = processor.tokenizer
-    loss_tokens = [(t, tokenizer.convert_ids_to_tokens(t)) for t, l in zip(ids, labels) if l != -100]
+    loss_tokens = [(t, tokenizer.convert_ids_to_tokens(t)) for t, label in zip(ids, labels) if label != -100]
     n_image = sum(t == tokenizer.image_token_id for t in ids)
     lines = [
         f"example {index} of the train split ({row['id']}), as the model is trained on it; "

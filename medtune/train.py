@@ -45,7 +45,6 @@ def resume_checkpoint(recipe: Recipe) -> str | None:
 
 def run(recipe: Recipe) -> str | None:
     """Train, evaluate and export; returns the comparison table on the main process."""
-    import json
 
     from accelerate import PartialState
     from transformers import set_seed

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import yaml
 
 from medtune.tiny import tiny_checkpoint_dir
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 
 def _run_dir(demo_run):
@@ -28,7 +27,8 @@ def test_demo_shows_real_learning(demo_run):
     assert finetuned["weighted_f1"] >= baseline["weighted_f1"] + 0.4
     table = (_run_dir(demo_run) / "eval/comparison.md").read_text()
     assert table.splitlines()[0] == "| task | metric | out-of-box | fine-tuned |"
-    assert f"| tissue_classification | weighted_f1 | {baseline['weighted_f1']:.3f} | {finetuned['weighted_f1']:.3f} |" in table
+    row = f"| tissue_classification | weighted_f1 | {baseline['weighted_f1']:.3f} | {finetuned['weighted_f1']:.3f} |"
+    assert row in table
     assert result.stdout.rstrip().endswith(table.rstrip())  # the demo ends with the table
 
 

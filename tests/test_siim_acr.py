@@ -5,13 +5,12 @@ import json
 import sys
 
 import numpy as np
-import pytest
 from datasets import load_from_disk
 from hypothesis import given
 from hypothesis import strategies as st
 
 from data_prep.siim_acr import is_valid_rle, read_dicom, synthesize
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 
 def test_splits_are_disjoint_by_patient(small_siim):
