@@ -45,7 +45,9 @@ def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: in
     model.eval()
     answers: list[str] = []
     for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
-        with torch.inference_mode():
+        # no_grad, not inference_mode: ZeRO-3 gathers weights during the forward, and tensors made under
+        # inference_mode could never take gradients again (PEFT re-enables the adapter after the baseline)
+        with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return answers
@@ -68,7 +70,7 @@ def score_options(model, processor, rows, option_ids: list[int], batch_size: int
     model.eval()
     scores: list[list[float]] = []
     for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
-        with torch.inference_mode():
+        with torch.no_grad():  # see generate_answers
             logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]  # the next-token logits only
         scores += logits[:, option_ids].float().softmax(dim=-1).tolist()
     return scores
@@ -88,7 +90,9 @@ def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch
     started = time.time()
     max_new_tokens = max_new_tokens or task.max_new_tokens
     desc, show = f"eval {name} ({mode})", state.is_local_main_process
-    with state.split_between_processes(list(range(len(dataset)))) as shard:
+    # Equal shards (the last padded with a repeat, dropped when gathering by id): under ZeRO-3 every forward is
+    # collective, so all ranks must run the same number of batches.
+    with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard:
         rows = dataset.select(shard) if shard else []
         if mode == "score":
             option_ids = option_first_tokens(processor.tokenizer, task)

@@ -23,7 +23,12 @@ def resolve_precision(preference: str) -> str:
 
 def model_path(recipe: Recipe) -> str:
     name = recipe.model.name_or_path
-    return str(tiny_checkpoint_dir()) if name == TINY_NAME else name
+    if name != TINY_NAME:
+        return name
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # one rank builds the tiny checkpoint, the others then load it
+        return str(tiny_checkpoint_dir())
 
 
 def _hub_errors(name: str):
@@ -74,15 +79,17 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
     import torch
     from accelerate import PartialState
     from transformers import AutoModelForImageTextToText
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     quantize = recipe.quantization.load_in_4bit if quantize is None else quantize
     kwargs = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32,
               "attn_implementation": recipe.model.attn_implementation, "revision": recipe.model.revision}
     if quantize:
         kwargs["quantization_config"] = quantization_config(recipe, precision)
-    # Straight onto this process's device: the out-of-box evaluation runs before the Trainer would move it,
-    # and a quantized model cannot be moved after loading at all.
-    kwargs["device_map"] = {"": PartialState().device}
+    if not is_deepspeed_zero3_enabled():
+        # Straight onto this process's device (a quantized model cannot be moved after loading). Under ZeRO-3
+        # there is no device map: DeepSpeed partitions the weights over the ranks as they load.
+        kwargs["device_map"] = {"": PartialState().device}
     with _hub_errors(recipe.model.name_or_path):
         return AutoModelForImageTextToText.from_pretrained(model_path(recipe), **kwargs)
 

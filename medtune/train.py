@@ -3,8 +3,8 @@
     accelerate launch medtune/train.py recipes/tissue_classification/qlora.yaml [section.key=value ...]
     medtune train RECIPE [section.key=value ...]           # the same, in this process
 
-Steps: validate the recipe (before anything heavy loads) -> data -> model -> out-of-box evaluation ->
-training (TRL SFTTrainer, loss on the answer only) -> fine-tuned evaluation -> comparison table ->
+Steps: validate the recipe (before anything heavy loads) -> training arguments -> data -> model ->
+training (TRL SFTTrainer, loss on the answer only) -> fine-tuned and out-of-box evaluation -> comparison table ->
 adapter + processor + model card in OUTPUT_DIR -> optional merge and Hub upload.
 """
 from __future__ import annotations
@@ -34,20 +34,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resume_checkpoint(recipe: Recipe) -> str | None:
-    """training.resume_from_checkpoint: a path, or `auto` for the last complete checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """training.resume_from_checkpoint: a path, or `auto` for the newest *complete* checkpoint in output_dir.
 
+    The Trainer writes trainer_state.json last in a checkpoint: a folder without it was cut short by an
+    interruption and is never picked.
+    """
     wanted = recipe.training.get("resume_from_checkpoint")
     if wanted != "auto":
         return wanted
-    return get_last_checkpoint(str(recipe.output_dir)) if recipe.output_dir.is_dir() else None
+    complete = [p for p in recipe.output_dir.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def run(recipe: Recipe) -> str | None:
     """Train, evaluate and export; returns the comparison table on the main process."""
-
+    import torch
     from accelerate import PartialState
     from transformers import set_seed
+    from transformers.integrations import is_deepspeed_zero3_enabled
     from trl import SFTConfig, SFTTrainer
 
     from medtune import tracking
@@ -59,8 +64,6 @@ def run(recipe: Recipe) -> str | None:
     from medtune.run_info import write_run_info
     from medtune.tasks import get_task
 
-    import torch
-
     # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
     on_cpu = not torch.cuda.is_available()
     state = PartialState(cpu=on_cpu)
@@ -68,56 +71,69 @@ def run(recipe: Recipe) -> str | None:
     task = get_task(recipe.task.name)
     precision = resolve_precision(recipe.model.precision)
     set_seed(recipe.training.get("seed", 42))
+
+    # ---------------------------------------------------------------- training arguments
+    # Before the model: under DeepSpeed ZeRO-3 they tell from_pretrained to partition the weights as they load.
+    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
+    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
+                     **tracking.training_arguments(recipe))
+    if is_deepspeed_zero3_enabled() and recipe.quantization.load_in_4bit:
+        raise MedtuneError("quantization.load_in_4bit: QLoRA is not run under DeepSpeed ZeRO-3 (4-bit weights "
+                           "cannot be partitioned here); a 4-bit MedGemma 4B fits one GPU: use "
+                           "accelerate_configs/multi_gpu.yaml or deepspeed_zero2.yaml")
     if state.is_main_process:
-        write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes})
+        plugin = getattr(args, "deepspeed_plugin", None)
+        write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes,
+                                         "distributed": str(state.distributed_type),
+                                         "deepspeed_zero_stage": plugin.zero_stage if plugin else None})
 
     # ---------------------------------------------------------------- data
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
     test_set = load_split(recipe, recipe.eval.split)
 
-    # ---------------------------------------------------------------- model
+    # ---------------------------------------------------------------- model and training
     processor = load_processor(recipe)
-    model = load_model(recipe, precision)
-
-    def run_eval(m, name: str, label: str):
-        return evaluate(m, processor, test_set, task, name=name, out_dir=eval_dir, batch_size=recipe.eval.batch_size,
-                        max_new_tokens=recipe.eval.max_new_tokens, model_label=label,
-                        mode=recipe.eval.mode)
-
-    # ---------------------------------------------------------------- out-of-box evaluation
-    results = {}
-    if recipe.eval.baseline:
-        results["baseline"] = run_eval(model, "baseline", recipe.model.name_or_path)
-
-    # ---------------------------------------------------------------- training
-    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
-    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
-                     **tracking.training_arguments(recipe))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
+    trainer = SFTTrainer(model=load_model(recipe, precision), args=args, train_dataset=train_set,
                          eval_dataset=validation_set if args.eval_strategy != "no" else None,
                          processing_class=processor, data_collator=build_collator(processor, args.max_length),
                          peft_config=lora_config(recipe))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(recipe))
-    trainer.save_model(str(out_dir))  # the adapter and the processor, by the main process
+    checkpoint = resume_checkpoint(recipe)
+    if checkpoint and state.is_main_process:
+        print(f"resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out_dir))  # the adapter and the processor, complete even under ZeRO-3, written once
 
-    # ---------------------------------------------------------------- fine-tuned evaluation
+    # ---------------------------------------------------------------- evaluation: fine-tuned and out-of-box
+    # Both after training, on the same model: the base model is the adapter switched off. So every launch
+    # (one process, DDP, ZeRO-2, ZeRO-3 with partitioned weights) evaluates the same way, with all ranks.
+    model, results = trainer.model, {}
+
+    def run_eval(name: str, label: str):
+        return evaluate(model, processor, test_set, task, name=name, out_dir=eval_dir,
+                        batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
+                        model_label=label, mode=recipe.eval.mode)
+
     if recipe.eval.finetuned:
-        results["finetuned"] = run_eval(trainer.model, "finetuned", f"{recipe.model.name_or_path} + adapter")
+        results["finetuned"] = run_eval("finetuned", f"{recipe.model.name_or_path} + adapter")
+    if recipe.eval.baseline:
+        with model.disable_adapter():
+            results["baseline"] = run_eval("baseline", recipe.model.name_or_path)
 
-    # ---------------------------------------------------------------- report and export
+    # ---------------------------------------------------------------- report and export (main process)
+    table = None
     if state.is_main_process:
         table = comparison_table(task, results.get("baseline"), results.get("finetuned"))
-        (eval_dir).mkdir(parents=True, exist_ok=True)
+        eval_dir.mkdir(parents=True, exist_ok=True)
         (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
         write_model_card(recipe, out_dir)
         tracking.log_evaluation(recipe, {k: v for k, v in results.items() if v}, table, eval_dir, test_set)
         print(f"adapter, processor and model card: {out_dir}")
+        if recipe.export.merge:
+            print(f"merged model: {merge_adapter(recipe, out_dir)}")
+        if recipe.export.push:
+            print(f"uploaded: {push_to_hub(out_dir, recipe.export.repo_id, recipe.export.private)}")
     state.wait_for_everyone()
-    if state.is_main_process and recipe.export.merge:
-        print(f"merged model: {merge_adapter(recipe, out_dir)}")
-    if state.is_main_process and recipe.export.push:
-        print(f"uploaded: {push_to_hub(out_dir, recipe.export.repo_id, recipe.export.private)}")
-    return table if state.is_main_process else None
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)  # refuse a bad recipe before anything heavy loads
         table = run(recipe)
     except MedtuneError as e:
-        print(f"medtune: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank hits the same problem: say it once
+            print(f"medtune: {e}", file=sys.stderr)
         return 2
     if table:
         print("\n" + table)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+
+import pytest
 
 import yaml
 
 from medtune.tiny import tiny_checkpoint_dir
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def _run_dir(demo_run):
@@ -117,17 +120,63 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     assert "| tissue_classification | weighted_f1 |" in result.stdout
 
 
-def test_two_ranks_on_cpu_train_once_and_evaluate_like_one_process(small_crc, tmp_path):
-    """DDP with two real ranks (gloo): each generates its shard of the test split; the gathered metrics equal
-    a single-process evaluation of the same adapter, and are written once."""
-    run = tmp_path / "ddp"
-    result = run_cli("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "medtune/train.py",
-                     "recipes/demo/tissue_classification.yaml", f"data.path={small_crc / 'data'}",
-                     f"training.output_dir={run}", "training.num_train_epochs=1", "eval.baseline=false")
+@pytest.mark.parametrize("config", ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3"])
+def test_two_ranks_train_once_and_evaluate_like_one_process(config, small_crc, tmp_path):
+    """DDP, ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo): one complete
+    adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation of it."""
+    run = tmp_path / config
+    result = run_cli("accelerate", "launch", "--config_file", f"accelerate_configs/{config}.yaml", "--num_processes",
+                     "2", "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+                     f"data.path={small_crc / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    distributed = json.loads((run / "eval/finetuned.json").read_text())
-    assert distributed["decoding"]["processes"] == 2 and distributed["n"] == 18
-    assert result.stdout.count("| task | metric | out-of-box | fine-tuned |") == 1
-    single = run_cli("medtune", "eval", str(run / "recipe.yaml"), "--adapter", str(run), "--name", "single")
-    assert single.returncode == 0, single.stderr[-2000:]
-    assert json.loads((run / "eval/single.json").read_text())["metrics"] == distributed["metrics"]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["processes"] == 2
+    assert info["deepspeed_zero_stage"] == {"multi_gpu": None, "deepspeed_zero2": 2, "deepspeed_zero3": 3}[config]
+    distributed = {name: json.loads((run / f"eval/{name}.json").read_text()) for name in ("finetuned", "baseline")}
+    assert distributed["finetuned"]["decoding"]["processes"] == 2 and distributed["finetuned"]["n"] == 18
+    assert result.stdout.count("| task | metric | out-of-box | fine-tuned |") == 1  # written once
+    for name, adapter in (("single", ["--adapter", str(run)]), ("single_base", [])):
+        single = run_cli("medtune", "eval", str(run / "recipe.yaml"), *adapter, "--name", name)
+        assert single.returncode == 0, single.stderr[-2000:]
+    assert _predictions(run / "eval/single_predictions.jsonl") == _predictions(run / "eval/finetuned_predictions.jsonl")
+    assert _predictions(run / "eval/single_base_predictions.jsonl") == \
+        _predictions(run / "eval/baseline_predictions.jsonl")
+
+
+def test_qlora_is_refused_under_zero3_before_the_model_loads(small_crc, tmp_path):
+    result = run_cli("accelerate", "launch", "--config_file", "accelerate_configs/deepspeed_zero3.yaml",
+                     "--num_processes", "2", "medtune/train.py", "recipes/tissue_classification/qlora.yaml",
+                     "model.name_or_path=tiny", f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.count("medtune: quantization.load_in_4bit: QLoRA is not run under DeepSpeed ZeRO-3") == 1
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(small_crc, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    command = [sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+               f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "training.max_steps=40",
+               "training.save_strategy=steps", "training.save_steps=5", "training.resume_from_checkpoint=auto",
+               "eval.baseline=false", "eval.finetuned=false"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoint-10" / "trainer_state.json").exists():
+        assert first.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    complete = max(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")
+                   if (p / "trainer_state.json").exists())
+    assert complete < 40, "the run finished before it could be interrupted"
+    half_written = tmp_path / "checkpoint-35"  # as a kill during a save leaves it: no trainer_state.json
+    half_written.mkdir(exist_ok=True)
+    (half_written / "adapter_model.safetensors").write_bytes(b"")
+
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"resuming from {tmp_path / f'checkpoint-{complete}'}" in again.stdout
+    final = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())
+    assert final["global_step"] == 40 and (tmp_path / "adapter_model.safetensors").stat().st_size > 0
