@@ -120,13 +120,15 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     assert "| tissue_classification | weighted_f1 |" in result.stdout
 
 
-@pytest.mark.parametrize("config", ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3"])
-def test_two_ranks_train_once_and_evaluate_like_one_process(config, small_crc, tmp_path):
-    """DDP, ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo): one complete
-    adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation of it."""
+@pytest.mark.parametrize("config, method", [("multi_gpu", "lora"), ("multi_gpu", "qlora"),
+                                            ("deepspeed_zero2", "lora"), ("deepspeed_zero3", "lora")])
+def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, small_crc, tmp_path):
+    """DDP (LoRA and QLoRA), ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo):
+    one complete adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation."""
     run = tmp_path / config
     result = run_cli("accelerate", "launch", "--config_file", f"accelerate_configs/{config}.yaml", "--num_processes",
                      "2", "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+                     f"quantization.load_in_4bit={method == 'qlora'}",
                      f"data.path={small_crc / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = json.loads((run / "run_info.json").read_text())
@@ -178,5 +180,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(small_crc, tmp_p
     again = run_cli(*command)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"resuming from {tmp_path / f'checkpoint-{complete}'}" in again.stdout
+    kept = {p.name for p in (tmp_path / f"checkpoint-{complete}").iterdir()}
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= kept
     final = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())
     assert final["global_step"] == 40 and (tmp_path / "adapter_model.safetensors").stat().st_size > 0
