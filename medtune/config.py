@@ -117,6 +117,7 @@ _OWNED_ELSEWHERE = {
     "fp16": "fp16 overflows in Gemma 3; precision is set by model.precision",
     "report_to": "the tracker is set by tracking.backend",
     "use_cpu": "chosen from the hardware (CPU only where no GPU is visible)",
+    "hub_token": "a token would be saved with the recipe: set HF_TOKEN or run `hf auth login` instead",
     "assistant_only_loss": "medtune always trains on the answer only (DESIGN.md)",
 }
 _TRAINING_DEFAULTS = {"output_dir": None}

@@ -56,6 +56,7 @@ def run(recipe: Recipe) -> str | None:
     from trl import SFTConfig, SFTTrainer
 
     from medtune import tracking
+    from medtune.callbacks import NonFiniteLossGuard
     from medtune.collator import build_collator
     from medtune.data import load_split
     from medtune.evaluation import comparison_table, evaluate
@@ -97,10 +98,18 @@ def run(recipe: Recipe) -> str | None:
                          eval_dataset=validation_set if args.eval_strategy != "no" else None,
                          processing_class=processor, data_collator=build_collator(processor, args.max_length),
                          peft_config=lora_config(recipe))
+    guard = NonFiniteLossGuard()
+    trainer.add_callback(guard)
     checkpoint = resume_checkpoint(recipe)
     if checkpoint and state.is_main_process:
         print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
+    if guard.bad_step is not None:
+        last_good = resume_checkpoint(Recipe(**{**vars(recipe), "training": {**recipe.training,
+                                                                             "resume_from_checkpoint": "auto"}}))
+        raise MedtuneError(f"training stopped at step {guard.bad_step}: the loss is not finite (nan/inf). Lower "
+                           f"training.learning_rate or raise training.warmup_steps; last good checkpoint: "
+                           f"{last_good or 'none yet'} (resume with training.resume_from_checkpoint=auto)")
     trainer.save_model(str(out_dir))  # the adapter and the processor, complete even under ZeRO-3, written once
 
     # ---------------------------------------------------------------- evaluation: fine-tuned and out-of-box

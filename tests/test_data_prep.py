@@ -100,3 +100,26 @@ def test_existing_output_is_kept_unless_overwrite(small_crc, tmp_path):
     assert run_cli(*args, "--overwrite").returncode == 0
     assert not (out / "keep.txt").exists() and len(load_from_disk(str(out))["test"]) == 18
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_an_interrupted_prepare_leaves_nothing_loadable_and_a_rerun_finishes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import REPO
+
+    synthesize(tmp_path / "raw", train_per_class=30, test_per_class=10)
+    command = [sys.executable, "-m", "data_prep", "crc100k", "--src", str(tmp_path / "raw"), "--out",
+               str(tmp_path / "out")]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.partial-*/cache")):  # killed while it writes
+        assert first.poll() is None and time.time() < deadline, "data_prep ended before it could be interrupted"
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (tmp_path / "out").exists()  # nothing that could load as a complete dataset
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr
+    assert len(load_from_disk(str(tmp_path / "out"))["test"]) == 9 * 10  # the empty extra file is skipped

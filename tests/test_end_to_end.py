@@ -184,3 +184,20 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(small_crc, tmp_p
     assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= kept
     final = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())
     assert final["global_step"] == 40 and (tmp_path / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(small_crc, tmp_path):
+    from safetensors.torch import load_file
+
+    result = run_cli(sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+                     f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "training.max_steps=30",
+                     "training.learning_rate=1e15", "training.max_grad_norm=0",  # diverges within a few steps
+                     "training.save_strategy=steps", "training.save_steps=1")
+    assert result.returncode == 2
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("medtune:")]
+    step = int(line.split("training stopped at step ")[1].split(":")[0])
+    assert f"last good checkpoint: {tmp_path / f'checkpoint-{step - 1}'}" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / f"checkpoint-{step}").exists() and not (tmp_path / "adapter_model.safetensors").exists()
+    weights = load_file(str(tmp_path / f"checkpoint-{step - 1}" / "adapter_model.safetensors"))
+    assert all(bool(t.isfinite().all()) for t in weights.values())

@@ -72,6 +72,7 @@ def test_qlora_recipe_follows_the_reference_notebook(data_path):
     ("task.name=tisue_classification", "task.name", "did you mean 'tissue_classification'"),
     ("data.path=/nonexistent/crc", "data.path", "python -m data_prep crc100k"),
     ("export.push=true", "export.repo_id", "repo id"),
+    ("training.hub_token=hf_abc", "training.hub_token", "HF_TOKEN"),
 ])
 def test_bad_recipe_names_the_key_and_the_fix(override, key, words, data_path):
     overrides = [override] if override.startswith("data.path") else [data_path, override]
