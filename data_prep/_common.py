@@ -63,10 +63,23 @@ class PrepReport:
 
 
 # ----------------------------------------------------------------------------- images
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's convert() would clip these to 0 or 255
+
+
+def scale_to_uint8(pixels) -> "np.ndarray":
+    """Any-depth pixel values stretched to 0..255 (a constant image becomes black)."""
+    import numpy as np
+
+    pixels = np.asarray(pixels, dtype=np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    return ((pixels - low) / (high - low or 1.0) * 255.0).round().astype(np.uint8)
+
+
 def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
     """(bytes ready to store, None) for a readable image, else (None, reason).
 
-    RGB files are stored as they are; other modes are converted to RGB and stored as PNG.
+    RGB files are stored as they are; other modes (16-bit, float, palette, CMYK, 1-bit, alpha) are
+    converted to 8-bit RGB and stored as PNG.
     """
     try:
         if path.stat().st_size == 0:
@@ -76,6 +89,8 @@ def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
             image.load()  # decodes the pixels: catches truncated files that open() accepts
             if image.mode == "RGB":
                 return data, None
+            if image.mode in HIGH_DEPTH_MODES:
+                image = Image.fromarray(scale_to_uint8(image), "L")
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue(), None

@@ -6,7 +6,8 @@
 An image is positive when any of its CSV rows holds a mask (`-1` means none). The files are 1024x1024 8-bit
 MONOCHROME2, most JPEG Baseline compressed; MONOCHROME1 is inverted and deeper images windowed to 8 bits.
 Splits are disjoint by patient: test is --test-fraction of the patients (per label), validation 10% per
-label of the rest (as the report). Identifiers are stored only as keyed hashes.
+label of the rest (as the report). Identifiers are stored only as keyed hashes, in the rows and in
+prep_report.json alike; the skipped files are printed in clear on the terminal only.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import csv
 import io
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, hashed_id,
-                               id_key, save_dataset, staged_output, stratified_split)
+                               id_key, save_dataset, scale_to_uint8, staged_output, stratified_split)
 from medtune.tasks import get_task
 
 TASK = get_task("pneumothorax")
@@ -72,9 +74,7 @@ def to_8bit(dataset) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"expected one grayscale frame, got shape {pixels.shape}")
     if pixels.dtype != np.uint8 or "WindowCenter" in dataset:
-        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        pixels = ((pixels - low) / (high - low or 1.0) * 255.0).round().astype(np.uint8)
+        pixels = scale_to_uint8(apply_voi_lut(apply_modality_lut(pixels, dataset), dataset))
     if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         pixels = 255 - pixels  # MONOCHROME1 shows low values as white
     return pixels
@@ -116,22 +116,27 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     labels = read_labels(csv_path, report)
     paths = sorted(p for p in (src / IMAGE_DIR).rglob("*") if p.is_file())
     key, seen, prompt = id_key(), set(), TASK.prompt()
+    in_clear: list[str] = []  # skipped paths as they are, for the terminal only: they hold DICOM UIDs
+
+    def skip(relative: str, reason: str) -> None:
+        report.skip(f"{IMAGE_DIR}/{hashed_id(relative, key)}", reason)
+        in_clear.append(f"  {relative}: {reason}")
 
     def rows():
         for path in tqdm(paths, desc="reading DICOMs", unit="img", mininterval=1.0):
             relative = path.relative_to(src).as_posix()
             if path.suffix.lower() != ".dcm":
-                report.skip(relative, "stray file: not a .dcm")
+                skip(relative, "stray file: not a .dcm")
                 continue
             image, problem = read_dicom(path)
             if problem:
-                report.skip(relative, problem)
+                skip(relative, problem)
                 continue
             if image["uid"] not in labels:
-                report.skip(relative, "no row in the CSV")
+                skip(relative, "no row in the CSV")
                 continue
             if image["uid"] in seen:
-                report.skip(relative, "duplicate SOPInstanceUID")
+                skip(relative, "duplicate SOPInstanceUID")
                 continue
             seen.add(image["uid"])
             label = labels[image["uid"]]
@@ -144,7 +149,8 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     with staged_output(out, args.overwrite) as staging:
         pool = build_split(rows, features, staging, "pool")
         for uid in sorted(set(labels) - seen):
-            report.skip(f"{csv_path.name}: {uid}", "CSV row without a readable DICOM")
+            report.skip(f"{csv_path.name}: {hashed_id(uid, key)}", "CSV row without a readable DICOM")
+            in_clear.append(f"  {csv_path.name}: {uid}: CSV row without a readable DICOM")
         if len(pool) == 0:
             raise PrepError(f"no usable DICOM under {src / IMAGE_DIR} (see the skipped files above)")
         rest, test = stratified_split(pool["label"], args.test_fraction, args.seed, groups=pool["patient"])
@@ -157,6 +163,9 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
                                     "test": pool.select(test)})
         report.notes.append(f"patients: {len(set(pool['patient']))}; splits are disjoint by patient")
         save_dataset(dataset_dict, report, staging, list(TASK.class_names))
+    if in_clear:
+        print("skipped (prep_report.json names them by keyed hash, as DICOM paths hold UIDs):", *in_clear,
+              sep="\n", file=sys.stderr)
     return report
 
 

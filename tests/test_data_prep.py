@@ -123,3 +123,60 @@ def test_an_interrupted_prepare_leaves_nothing_loadable_and_a_rerun_finishes(tmp
     again = run_cli(*command)
     assert again.returncode == 0, again.stderr
     assert len(load_from_disk(str(tmp_path / "out"))["test"]) == 9 * 10  # the empty extra file is skipped
+
+
+def _huge_png(path, side=20_000):
+    """A valid PNG of side x side 1-bit pixels (400 M pixels) in a few kB: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor, row = zlib.compressobj(9), b"\x00" * (1 + (side + 7) // 8)
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_catalogue_of_bad_images(tmp_path):
+    """Every image mode becomes a faithful 8-bit RGB row; a decompression bomb and an empty class are reported."""
+    import numpy as np
+
+    raw = tmp_path / "raw"
+    synthesize(raw, train_per_class=3, test_per_class=1)
+    gradient = np.tile(np.arange(224, dtype=np.float64), (224, 1))
+    modes = {
+        "I16": Image.fromarray((gradient * 200).astype(np.uint16)),  # 16-bit
+        "FLOAT": Image.fromarray((gradient / 224).astype(np.float32)),  # 32-bit float
+        "PALETTE": Image.new("RGB", (224, 224), (200, 30, 30)).convert("P"),
+        "CMYK": Image.new("RGB", (224, 224), (200, 30, 30)).convert("CMYK"),
+        "ONEBIT": Image.fromarray(gradient > 100).convert("1"),
+    }
+    for name, image in modes.items():
+        image.save(raw / f"NCT-CRC-HE-100K/ADI/ADI-{name}.tif")
+    _huge_png(raw / "NCT-CRC-HE-100K/BACK/BACK-BOMB0000.tif")
+    for path in (raw / "NCT-CRC-HE-100K/NORM").iterdir():  # an empty class
+        path.unlink()
+    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(raw), "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    data = load_from_disk(str(tmp_path / "o"))
+    rows = {r["id"].rsplit("-", 1)[1]: r for split in ("train", "validation") for r in data[split]}
+    for name in modes:
+        pixels = np.asarray(rows[name]["image"])
+        assert rows[name]["image"].mode == "RGB" and pixels.shape == (224, 224, 3), name
+    for name in ("I16", "FLOAT"):  # the gradient survives: neither clipped white nor black
+        row = np.asarray(rows[name]["image"])[0, :, 0].astype(int)
+        assert row[0] == 0 and row[-1] == 255 and (np.diff(row) >= 0).all(), name
+    report = json.loads((tmp_path / "o/prep_report.json").read_text())
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons["NCT-CRC-HE-100K/BACK/BACK-BOMB0000.tif"].startswith("too large")
+    assert "NCT-CRC-HE-100K: class NORM has no images" in report["notes"]
+    assert "NORM" not in report["splits"]["train"]["per_class"]
+
+
+def test_a_missing_eval_split_is_one_line(small_crc, tmp_path):
+    result = run_cli(sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+                     f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "eval.split=holdout")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("medtune: ") and "no 'holdout' split" in result.stderr

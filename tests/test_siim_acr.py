@@ -24,20 +24,44 @@ def test_splits_are_disjoint_by_patient(small_siim):
     assert len(patients["test"]) == round(40 * 0.2)  # the recipe's test share of the patients
 
 
-def test_every_broken_or_orphan_file_is_reported(small_siim):
+def test_every_broken_or_orphan_file_is_reported(small_siim, tmp_path):
+    from data_prep._common import hashed_id, id_key
+
     report = json.loads((small_siim / "data/prep_report.json").read_text())
-    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
-    series = "1.2.826.0.1.999.1"
-    assert reasons[f"{series}.1.dcm"].startswith(("no pixel data", "undecodable"))  # truncated
-    assert reasons[f"{series}.2.dcm"] == "not a DICOM file"
-    assert reasons[f"{series}.3.dcm"] == "no row in the CSV"
-    assert reasons["Thumbs.db"] == "stray file: not a .dcm"
-    assert reasons["train-rle.csv:" + next(k.split(":")[1] for k in reasons if k.startswith("train-rle.csv:"))]
-    csv_problems = {s["reason"] for s in report["skipped"] if s["path"].startswith("train-rle.csv")}
-    assert csv_problems == {"malformed EncodedPixels", "CSV row without a readable DICOM"}
-    orphans = [s["path"] for s in report["skipped"] if s["reason"] == "CSV row without a readable DICOM"]
-    assert any(p.endswith(f"{series}.4") for p in orphans)  # a row whose DICOM does not exist
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    key, study, series = id_key(), "1.2.826.0.1.999", "1.2.826.0.1.999.1"
+
+    def dicom(name):  # how the report names a file: by keyed hash of its path, which holds UIDs
+        return reasons[f"dicom-images-train/{hashed_id(f'dicom-images-train/{study}/{series}/{name}', key)}"]
+
+    assert dicom(f"{series}.1.dcm").startswith(("no pixel data", "undecodable"))  # truncated
+    assert dicom(f"{series}.2.dcm") == "not a DICOM file"
+    assert dicom(f"{series}.3.dcm") == "no row in the CSV"
+    assert dicom("Thumbs.db") == "stray file: not a .dcm"
+    assert reasons[f"train-rle.csv: {hashed_id(f'{series}.4', key)}"] == "CSV row without a readable DICOM"
+    assert "malformed EncodedPixels" in reasons.values()
+    assert report["skipped_count"] == len(reasons) == 8
     assert report["options"] == {"test_fraction": 0.2, "validation_fraction": 0.1, "seed": 42}
+    assert study not in (small_siim / "data/prep_report.json").read_text()
+
+
+def test_duplicates_and_non_utf8_csv_rows_are_reported_not_fatal(tmp_path):
+    import shutil
+
+    raw = tmp_path / "raw"
+    synthesize(raw, patients=6)
+    first = sorted((raw / "dicom-images-train").rglob("*.dcm"))[0]
+    copy = raw / "dicom-images-train/1.2.3/1.2.3.1" / first.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(first, copy)
+    with open(raw / "train-rle.csv", "ab") as f:
+        f.write(b"1.2.3.\xe9\xff,-1\n")  # Latin-1 bytes in a UTF-8 file
+    result = run_cli(sys.executable, "-m", "data_prep", "siim_acr", "--src", str(raw), "--out", str(tmp_path / "o"),
+                     "--test-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    reasons = [s["reason"] for s in json.loads((tmp_path / "o/prep_report.json").read_text())["skipped"]]
+    assert "duplicate SOPInstanceUID" in reasons
+    assert f"{first.name}: duplicate SOPInstanceUID" in result.stderr  # either copy, in clear on the terminal
 
 
 def test_identifiers_are_hashed_never_in_clear(small_siim):
@@ -117,3 +141,18 @@ def test_pneumothorax_learns_and_option_scoring_agrees_with_generation(small_sii
     assert all(by_score[i]["parsed"] == by_text[i]["parsed"] for i in confident)
     metrics = json.loads((run / "eval/scored.json").read_text())["metrics"]
     assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["unparsable"] == 0
+
+    # privacy: no identifier of the synthetic DICOMs in any file the run or data_prep wrote
+    import pydicom
+
+    identifiers = set()
+    for path in (small_siim / "raw").rglob("*.dcm"):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the planted broken files
+            continue
+        identifiers |= {str(header.SOPInstanceUID), str(header.StudyInstanceUID), str(header.SeriesInstanceUID),
+                        str(header.PatientID)}
+    written = [p for p in [*run.rglob("*"), *(small_siim / "data").rglob("*")] if p.is_file()]
+    leaks = {(p.name, i) for p in written for i in identifiers if i.encode() in p.read_bytes()}
+    assert identifiers and not leaks
