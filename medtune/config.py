@@ -103,7 +103,9 @@ class TrackingSection:
     project: str = "medtune"
     run_name: str | None = None
     wandb_mode: Literal["online", "offline"] = "online"  # offline works without a network; sync later
-    log_images: bool = True  # sample predictions with their images in the tracker
+    # sample predictions with their images in the tracker; None: yes for public datasets, no for
+    # credentialed ones (the task says which)
+    log_images: bool | None = None
     num_sample_predictions: int = field(default=16, metadata=_range(0))
 
 

@@ -63,10 +63,13 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
 
 def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval_dir: Path, dataset) -> None:
     """Add the evaluation to the run the trainer logged to (main process only)."""
+    from medtune.tasks import get_task
+
     t = recipe.tracking
     if t.backend == "none":
         return
     n = t.num_sample_predictions
+    log_images = t.log_images if t.log_images is not None else not get_task(recipe.task.name).credentialed
     if t.backend == "wandb":
         import wandb
 
@@ -84,7 +87,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval
                 run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
             if n:
                 columns = ["id", "image", "reference", "generated", "correct"]
-                data = [[p["id"], wandb.Image(img) if t.log_images else None, p["reference_text"], p["generated"],
+                data = [[p["id"], wandb.Image(img) if log_images else None, p["reference_text"], p["generated"],
                          p["correct"]] for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
                 run.log({f"final/{name}/samples": wandb.Table(columns=columns, data=data)})
         run.finish()
@@ -106,7 +109,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval
                 lines = ["| id | reference | generated | correct |", "|---|---|---|---|"]
                 for i, (p, img) in enumerate(samples):
                     lines.append(f"| {p['id']} | {p['reference_text']} | {p['generated']!r} | {p['correct']} |")
-                    if t.log_images:
+                    if log_images:
                         writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
                                          dataformats="HWC")
                 writer.add_text(f"final/{name}/samples", "\n".join(lines))

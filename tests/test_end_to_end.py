@@ -154,7 +154,11 @@ def test_qlora_is_refused_under_zero3_before_the_model_loads(small_crc, tmp_path
     assert not (tmp_path / "adapter_config.json").exists()
 
 
-def test_a_killed_run_resumes_from_its_last_complete_checkpoint(small_crc, tmp_path):
+@pytest.mark.parametrize("kill_when", ["before any checkpoint", "as a checkpoint is being written",
+                                       "after a complete checkpoint"])
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(kill_when, small_crc, tmp_path):
+    """kill -9 at a point of the run, then the same command again: it resumes from the newest complete
+    checkpoint (or starts over), never from a half-written one, and ends at the same final step."""
     import signal
     import subprocess
     import time
@@ -163,25 +167,33 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(small_crc, tmp_p
                f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "training.max_steps=40",
                "training.save_strategy=steps", "training.save_steps=5", "training.resume_from_checkpoint=auto",
                "eval.baseline=false", "eval.finetuned=false"]
+    reached = {
+        "before any checkpoint": lambda: (tmp_path / "run_info.json").exists(),
+        "as a checkpoint is being written": lambda: any(tmp_path.glob("checkpoint-*")),
+        "after a complete checkpoint": lambda: (tmp_path / "checkpoint-10" / "trainer_state.json").exists(),
+    }[kill_when]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (tmp_path / "checkpoint-10" / "trainer_state.json").exists():
-        assert first.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.05)
+    while not reached():
+        assert first.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.005)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    complete = max(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*")
-                   if (p / "trainer_state.json").exists())
-    assert complete < 40, "the run finished before it could be interrupted"
+    complete = [int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    assert max(complete, default=0) < 40, "the run finished before it could be interrupted"
     half_written = tmp_path / "checkpoint-35"  # as a kill during a save leaves it: no trainer_state.json
     half_written.mkdir(exist_ok=True)
     (half_written / "adapter_model.safetensors").write_bytes(b"")
 
     again = run_cli(*command)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert f"resuming from {tmp_path / f'checkpoint-{complete}'}" in again.stdout
-    kept = {p.name for p in (tmp_path / f"checkpoint-{complete}").iterdir()}
-    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= kept
+    if complete:
+        assert f"resuming from {tmp_path / f'checkpoint-{max(complete)}'}" in again.stdout
+        kept = {p.name for p in (tmp_path / f"checkpoint-{max(complete)}").iterdir()}
+        assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                "trainer_state.json"} <= kept
+    else:
+        assert "resuming from" not in again.stdout
     final = json.loads((tmp_path / "checkpoint-40" / "trainer_state.json").read_text())
     assert final["global_step"] == 40 and (tmp_path / "adapter_model.safetensors").stat().st_size > 0
 
@@ -201,3 +213,33 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(sma
     assert not (tmp_path / f"checkpoint-{step}").exists() and not (tmp_path / "adapter_model.safetensors").exists()
     weights = load_file(str(tmp_path / f"checkpoint-{step - 1}" / "adapter_model.safetensors"))
     assert all(bool(t.isfinite().all()) for t in weights.values())
+
+
+def test_sample_images_reach_the_tracker_only_for_public_data(demo_run, monkeypatch):
+    """tensorboard gets the demo's sample images (public CRC); a credentialed task's stay out by default."""
+    import dataclasses
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import medtune.tasks as tasks
+    from medtune import tracking
+    from medtune.config import load_recipe
+
+    recipe = load_recipe(_run_dir(demo_run) / "recipe.yaml")
+
+    def images_logged(out_dir):
+        events = EventAccumulator(str(out_dir / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        return [tag for tag in events.Tags()["images"] if "/sample_" in tag]
+
+    assert images_logged(_run_dir(demo_run))  # written by the demo run itself
+
+    from datasets import load_from_disk
+
+    public = tasks.get_task(recipe.task.name)
+    monkeypatch.setattr(tasks, "get_task", lambda name: dataclasses.replace(public, credentialed=True))
+    credentialed = dataclasses.replace(recipe, training={**recipe.training, "output_dir": str(demo_run[0] / "cred")})
+    results = {"finetuned": json.loads((_run_dir(demo_run) / "eval/finetuned.json").read_text())}
+    tracking.log_evaluation(credentialed, results, "| table |", _run_dir(demo_run) / "eval",
+                            load_from_disk(str(demo_run[0] / "data"))["test"])
+    assert images_logged(demo_run[0] / "cred") == []

@@ -24,6 +24,8 @@ class MultipleChoiceTask:
     class_names: tuple[str, ...]  # short class names, in label order (the dataset's folder names)
     table_metrics: tuple[str, ...] = ("weighted_f1", "accuracy", "macro_f1", "unparsable")  # paper's first
     positive_label: int | None = None  # binary tasks: the class whose F1/precision/recall the paper reports
+    # data under a data-use agreement (e.g. PhysioNet's MIMIC): its images stay out of trackers by default
+    credentialed: bool = False
     max_new_tokens: int = 16  # an option line is a few tokens; more only wastes generation time
     kind: str = "classification"
 
