@@ -33,18 +33,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resume_checkpoint(recipe: Recipe) -> str | None:
-    """training.resume_from_checkpoint: a path, or `auto` for the newest *complete* checkpoint in output_dir.
-
-    The Trainer writes trainer_state.json last in a checkpoint: a folder without it was cut short by an
-    interruption and is never picked.
-    """
-    wanted = recipe.training.get("resume_from_checkpoint")
-    if wanted != "auto":
-        return wanted
-    complete = [p for p in recipe.output_dir.glob("checkpoint-*")
+def newest_complete_checkpoint(output_dir) -> str | None:
+    """The Trainer writes trainer_state.json last in a checkpoint: a folder without it was cut short by an
+    interruption and is never picked."""
+    complete = [p for p in output_dir.glob("checkpoint-*")
                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def resume_checkpoint(recipe: Recipe) -> str | None:
+    """training.resume_from_checkpoint: a path, or `auto` for the newest complete checkpoint in output_dir."""
+    wanted = recipe.training.get("resume_from_checkpoint")
+    return newest_complete_checkpoint(recipe.output_dir) if wanted == "auto" else wanted
 
 
 def run(recipe: Recipe) -> str | None:
@@ -105,8 +105,7 @@ def run(recipe: Recipe) -> str | None:
         print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     if guard.bad_step is not None:
-        last_good = resume_checkpoint(Recipe(**{**vars(recipe), "training": {**recipe.training,
-                                                                             "resume_from_checkpoint": "auto"}}))
+        last_good = newest_complete_checkpoint(out_dir)
         raise MedtuneError(f"training stopped at step {guard.bad_step}: the loss is not finite (nan/inf). Lower "
                            f"training.learning_rate or raise training.warmup_steps; last good checkpoint: "
                            f"{last_good or 'none yet'} (resume with training.resume_from_checkpoint=auto)")

@@ -34,6 +34,20 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def wait_until(reached, process: subprocess.Popen, give_up_after: float = 300) -> None:
+    """Poll `reached()` while `process` runs, to interrupt it at that point; fails if the process ends first
+    (or, against a hang, if nothing happens for `give_up_after` seconds)."""
+    import time
+
+    give_up = time.monotonic() + give_up_after
+    while not reached():
+        if process.poll() is not None:
+            pytest.fail("the process ended before it could be interrupted")
+        if time.monotonic() > give_up:
+            pytest.fail("the process hung")
+        time.sleep(0.005)
+
+
 @pytest.fixture(scope="session")
 def small_crc(tmp_path_factory):
     """A small synthetic CRC download (4 train / 2 test images per class) and its prepared DatasetDict."""

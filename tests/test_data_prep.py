@@ -105,18 +105,14 @@ def test_existing_output_is_kept_unless_overwrite(small_crc, tmp_path):
 def test_an_interrupted_prepare_leaves_nothing_loadable_and_a_rerun_finishes(tmp_path):
     import signal
     import subprocess
-    import time
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, wait_until
 
     synthesize(tmp_path / "raw", train_per_class=30, test_per_class=10)
     command = [sys.executable, "-m", "data_prep", "crc100k", "--src", str(tmp_path / "raw"), "--out",
                str(tmp_path / "out")]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".out.partial-*/cache")):  # killed while it writes
-        assert first.poll() is None and time.time() < deadline, "data_prep ended before it could be interrupted"
-        time.sleep(0.01)
+    wait_until(lambda: any(tmp_path.glob(".out.partial-*/cache")), first)  # killed while it writes
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (tmp_path / "out").exists()  # nothing that could load as a complete dataset

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from medtune.tiny import tiny_checkpoint_dir
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, wait_until
 
 
 def _run_dir(demo_run):
@@ -161,7 +161,6 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(kill_when, small
     checkpoint (or starts over), never from a half-written one, and ends at the same final step."""
     import signal
     import subprocess
-    import time
 
     command = [sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
                f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "training.max_steps=40",
@@ -173,10 +172,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(kill_when, small
         "after a complete checkpoint": lambda: (tmp_path / "checkpoint-10" / "trainer_state.json").exists(),
     }[kill_when]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not reached():
-        assert first.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-        time.sleep(0.005)
+    wait_until(reached, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     complete = [int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
