@@ -143,9 +143,25 @@ class Recipe:
         return Path(self.training["output_dir"])
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as saved and shown (recipe.yaml, model card), with anything secret-looking masked."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         out["training"] = dict(self.training)
-        return out
+        return mask_secrets(out)
+
+
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens
+_SECRET_KEYS = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy with token-like strings, and every value under a secret-sounding key, replaced by ***."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str):
+        return "***" if value and _SECRET_KEYS.search(key) else _TOKEN_LIKE.sub("***", value)
+    return value
 
 
 # ----------------------------------------------------------------------------- loading

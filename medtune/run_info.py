@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from medtune.config import Recipe, save_recipe
+from medtune.config import Recipe, mask_secrets, save_recipe
 
 PACKAGES = ("medtune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
             "deepspeed", "huggingface_hub", "wandb")
@@ -40,7 +40,7 @@ def git_revision() -> str | None:
 def write_run_info(recipe: Recipe, out_dir: Path, extra: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out_dir / "recipe.yaml")
-    info = {"recipe_file": recipe.source, "command": sys.argv,
+    info = {"recipe_file": recipe.source, "command": mask_secrets(sys.argv),
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_revision": git_revision(), "versions": library_versions(), **(extra or {})}
     (out_dir / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from medtune.tiny import tiny_checkpoint_dir
-from tests.conftest import REPO, run_cli, wait_until
+from tests.conftest import PLANTED_TOKEN, REPO, run_cli, wait_until
 
 
 def _run_dir(demo_run):
@@ -102,11 +102,13 @@ def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
 def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     """The issue's command: the real QLoRA recipe, with the tiny model and prepared data, nothing else."""
     env_key = os.environ.pop("WANDB_API_KEY", None)
+    os.environ["HF_TOKEN"] = PLANTED_TOKEN  # and no file of the run, wandb's included, may hold it
     try:
         result = run_cli("accelerate", "launch", "medtune/train.py", "recipes/tissue_classification/qlora.yaml",
                          "model.name_or_path=tiny", f"data.path={small_crc / 'data'}",
                          f"training.output_dir={tmp_path / 'run'}")
     finally:
+        del os.environ["HF_TOKEN"]
         if env_key:
             os.environ["WANDB_API_KEY"] = env_key
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -117,6 +119,7 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     # wandb is the recipe's tracker; without credentials it logs offline instead of failing
     assert "logging offline" in result.stderr
     assert list((run / "wandb").glob("offline-run-*"))
+    assert not [p for p in run.rglob("*") if p.is_file() and PLANTED_TOKEN.encode() in p.read_bytes()]
     assert "| tissue_classification | weighted_f1 |" in result.stdout
 
 

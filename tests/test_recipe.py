@@ -131,3 +131,19 @@ def test_override_round_trips_any_simple_value(section, key, value):
         assert parsed_value == value
     elif value not in ("yes", "no", "on", "off", "true", "false", "null", "y", "n") and not value.isdigit():
         assert str(parsed_value) == value or parsed_value == value
+
+
+def test_token_like_values_are_masked_in_everything_a_run_saves(data_path, tmp_path, monkeypatch):
+    from medtune.export import write_model_card
+    from medtune.run_info import write_run_info
+
+    token = "hf_plantedInARecipeValue0123456789"
+    monkeypatch.setattr(sys, "argv", ["medtune/train.py", str(QLORA), f"tracking.run_name={token}"])
+    recipe = load_recipe(QLORA, [data_path, f"tracking.run_name=run-{token}",
+                                 f"training.output_dir={tmp_path}", "training.hub_model_id=org/x"])
+    write_run_info(recipe, tmp_path)
+    write_model_card(recipe, tmp_path)
+    written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert set(written) == {"recipe.yaml", "run_info.json", "README.md"}
+    assert not [name for name, text in written.items() if token in text]
+    assert "run-***" in written["recipe.yaml"] and "org/x" in written["recipe.yaml"]  # the rest intact

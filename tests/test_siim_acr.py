@@ -54,13 +54,14 @@ def test_duplicates_and_non_utf8_csv_rows_are_reported_not_fatal(tmp_path):
     copy = raw / "dicom-images-train/1.2.3/1.2.3.1" / first.name
     copy.parent.mkdir(parents=True)
     shutil.copy(first, copy)
+    (copy.parent / "1.2.3.1.9.dcm").write_bytes(b"")  # a zero-byte DICOM
     with open(raw / "train-rle.csv", "ab") as f:
         f.write(b"1.2.3.\xe9\xff,-1\n")  # Latin-1 bytes in a UTF-8 file
     result = run_cli(sys.executable, "-m", "data_prep", "siim_acr", "--src", str(raw), "--out", str(tmp_path / "o"),
                      "--test-fraction", "0.3")
     assert result.returncode == 0, result.stderr
     reasons = [s["reason"] for s in json.loads((tmp_path / "o/prep_report.json").read_text())["skipped"]]
-    assert "duplicate SOPInstanceUID" in reasons
+    assert "duplicate SOPInstanceUID" in reasons and "empty file" in reasons
     assert f"{first.name}: duplicate SOPInstanceUID" in result.stderr  # either copy, in clear on the terminal
 
 
