@@ -32,11 +32,11 @@ SPLIT_OPTIONS = ("seed", "test_fraction")  # recipe data.* keys that shape the s
 
 
 def apply_recipe_options(args: argparse.Namespace) -> None:
-    import yaml
+    from medtune.config import load_yaml  # the recipe loader: `2e-1` is a float there too
 
     if not args.recipe.is_file():
         raise PrepError(f"--recipe {args.recipe} not found")
-    data = (yaml.safe_load(args.recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+    data = (load_yaml(args.recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
     for key in SPLIT_OPTIONS:
         if data.get(key) is not None and hasattr(args, key):
             setattr(args, key, data[key])

@@ -66,7 +66,7 @@ class PrepReport:
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's convert() would clip these to 0 or 255
 
 
-def scale_to_uint8(pixels) -> "np.ndarray":
+def scale_to_uint8(pixels):
     """Any-depth pixel values stretched to 0..255 (a constant image becomes black)."""
     import numpy as np
 
@@ -226,10 +226,9 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str] | None = None) -> None:
+def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str]) -> None:
     """Count the rows written, then save the DatasetDict and its report into the staging folder."""
     for name, split in dataset_dict.items():
-        report.count_split(name, (label_names[i] for i in split["label"]) if label_names else [])
-        report.splits[name]["total"] = len(split)
+        report.count_split(name, (label_names[i] for i in split["label"]))
     dataset_dict.save_to_disk(str(staging / "dataset"))
     (staging / "dataset" / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

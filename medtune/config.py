@@ -150,7 +150,8 @@ class Recipe:
 
 
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens
-_SECRET_KEYS = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
+# keys that name a secret; not pad_token/eos_token, which are SFTConfig's special-token strings
+_SECRET_KEYS = re.compile(r"^(hub_)?token$|(^|_)(api_key|secret|password)$", re.IGNORECASE)
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:
@@ -176,7 +177,7 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str):
+def load_yaml(text: str):
     return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: no arbitrary objects
 
 
@@ -187,7 +188,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or len(parts) != 2 or not all(parts):
         raise RecipeError(key.strip() or text, f"override {text!r} must look like section.key=value")
     try:
-        value = _load_yaml(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -198,7 +199,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise RecipeError("", f"recipe file {str(path)!r} not found (recipes live in recipes/<task>/)")
     try:
-        raw = _load_yaml(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -134,13 +134,19 @@ def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch
     return result
 
 
-def comparison_table(task, baseline: dict | None, finetuned: dict | None) -> str:
-    """Markdown: task | metric | out-of-box | fine-tuned (the paper's metric first)."""
+COMPARISON_COLUMNS = ["task", "metric", "out-of-box", "fine-tuned"]
+
+
+def comparison_rows(task, baseline: dict | None, finetuned: dict | None) -> list[list[str]]:
+    """task | metric | out-of-box | fine-tuned, one row per metric of the task (the paper's first)."""
     def cell(result, key):
         value = result["metrics"].get(key) if result else None
         return "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
-    lines = ["| task | metric | out-of-box | fine-tuned |", "|---|---|---|---|"]
-    for key in task.table_metrics:
-        lines.append(f"| {task.name} | {key} | {cell(baseline, key)} | {cell(finetuned, key)} |")
-    return "\n".join(lines) + "\n"
+    return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in task.table_metrics]
+
+
+def comparison_table(rows: list[list[str]]) -> str:
+    """The comparison rows as a markdown table."""
+    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"

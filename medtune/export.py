@@ -25,15 +25,6 @@ HUB_FILES = [  # what an upload may contain
 ]
 
 
-def _load_results(out_dir: Path) -> dict[str, dict]:
-    results = {}
-    for name in ("baseline", "finetuned"):
-        path = out_dir / "eval" / f"{name}.json"
-        if path.is_file():
-            results[name] = json.loads(path.read_text(encoding="utf-8"))
-    return results
-
-
 def model_card(recipe: Recipe, out_dir: Path) -> str:
     task = get_task(recipe.task.name)
     method = "QLoRA" if recipe.quantization.load_in_4bit else "LoRA"

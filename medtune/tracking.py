@@ -30,8 +30,9 @@ def wandb_has_credentials() -> bool:
 def wandb_mode(recipe: Recipe) -> str:
     """The recipe's mode, except that online without credentials logs offline instead of failing the run."""
     if recipe.tracking.wandb_mode == "online" and not wandb_has_credentials():
-        print(f"medtune: no wandb credentials (WANDB_API_KEY or `wandb login`): logging offline to "
-              f"{recipe.output_dir / 'wandb'}; upload later with `wandb sync`", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # said once, not by every rank
+            print(f"medtune: no wandb credentials (WANDB_API_KEY or `wandb login`): logging offline to "
+                  f"{recipe.output_dir / 'wandb'}; upload later with `wandb sync`", file=sys.stderr)
         return "offline"
     return recipe.tracking.wandb_mode
 
@@ -46,7 +47,7 @@ def training_arguments(recipe: Recipe) -> dict[str, Any]:
         os.environ.setdefault("WANDB_LOG_MODEL", "false")  # the adapter goes to the Hub, not to wandb
     elif t.backend == "tensorboard":
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(recipe.output_dir / "tensorboard")
-    args = {"report_to": t.backend if t.backend != "none" else "none"}
+    args = {"report_to": t.backend}
     if t.run_name:
         args["run_name"] = t.run_name
     return args
@@ -61,8 +62,10 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
     return list(zip(predictions, images))
 
 
-def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval_dir: Path, dataset) -> None:
+def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[list[str]], eval_dir: Path,
+                   dataset) -> None:
     """Add the evaluation to the run the trainer logged to (main process only)."""
+    from medtune.evaluation import COMPARISON_COLUMNS, comparison_table
     from medtune.tasks import get_task
 
     t = recipe.tracking
@@ -79,9 +82,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval
                    for k, v in r["metrics"].items() if isinstance(v, (int, float))}
         run.log(summary)
         run.summary.update(summary)
-        rows = [line.strip("|").split("|") for line in table_md.strip().splitlines()[2:]]
-        run.log({"final/comparison": wandb.Table(columns=["task", "metric", "out-of-box", "fine-tuned"],
-                                                 data=[[c.strip() for c in r] for r in rows])})
+        run.log({"final/comparison": wandb.Table(columns=COMPARISON_COLUMNS, data=comparison)})
         for name, r in results.items():
             for figure in r.get("figures", []):
                 run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
@@ -113,5 +114,5 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], table_md: str, eval
                         writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
                                          dataformats="HWC")
                 writer.add_text(f"final/{name}/samples", "\n".join(lines))
-        writer.add_text("final/comparison", table_md)
+        writer.add_text("final/comparison", comparison_table(comparison))
         writer.close()

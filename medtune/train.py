@@ -59,7 +59,7 @@ def run(recipe: Recipe) -> str | None:
     from medtune.callbacks import NonFiniteLossGuard
     from medtune.collator import build_collator
     from medtune.data import load_split
-    from medtune.evaluation import comparison_table, evaluate
+    from medtune.evaluation import comparison_rows, comparison_table, evaluate
     from medtune.export import merge_adapter, push_to_hub, write_model_card
     from medtune.model import load_model, load_processor, lora_config, resolve_precision
     from medtune.run_info import write_run_info
@@ -130,11 +130,12 @@ def run(recipe: Recipe) -> str | None:
     # ---------------------------------------------------------------- report and export (main process)
     table = None
     if state.is_main_process:
-        table = comparison_table(task, results.get("baseline"), results.get("finetuned"))
+        rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
+        table = comparison_table(rows)
         eval_dir.mkdir(parents=True, exist_ok=True)
         (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
         write_model_card(recipe, out_dir)
-        tracking.log_evaluation(recipe, {k: v for k, v in results.items() if v}, table, eval_dir, test_set)
+        tracking.log_evaluation(recipe, results, rows, eval_dir, test_set)
         print(f"adapter, processor and model card: {out_dir}")
         if recipe.export.merge:
             print(f"merged model: {merge_adapter(recipe, out_dir)}")

@@ -239,6 +239,6 @@ def test_sample_images_reach_the_tracker_only_for_public_data(demo_run, monkeypa
     monkeypatch.setattr(tasks, "get_task", lambda name: dataclasses.replace(public, credentialed=True))
     credentialed = dataclasses.replace(recipe, training={**recipe.training, "output_dir": str(demo_run[0] / "cred")})
     results = {"finetuned": json.loads((_run_dir(demo_run) / "eval/finetuned.json").read_text())}
-    tracking.log_evaluation(credentialed, results, "| table |", _run_dir(demo_run) / "eval",
+    tracking.log_evaluation(credentialed, results, [], _run_dir(demo_run) / "eval",
                             load_from_disk(str(demo_run[0] / "data"))["test"])
     assert images_logged(demo_run[0] / "cred") == []

@@ -140,10 +140,12 @@ def test_token_like_values_are_masked_in_everything_a_run_saves(data_path, tmp_p
     token = "hf_plantedInARecipeValue0123456789"
     monkeypatch.setattr(sys, "argv", ["medtune/train.py", str(QLORA), f"tracking.run_name={token}"])
     recipe = load_recipe(QLORA, [data_path, f"tracking.run_name=run-{token}",
-                                 f"training.output_dir={tmp_path}", "training.hub_model_id=org/x"])
+                                 f"training.output_dir={tmp_path}", "training.hub_model_id=org/x",
+                                 "training.eos_token=<end_of_turn>"])
     write_run_info(recipe, tmp_path)
     write_model_card(recipe, tmp_path)
     written = {p.name: p.read_text() for p in tmp_path.iterdir()}
     assert set(written) == {"recipe.yaml", "run_info.json", "README.md"}
     assert not [name for name, text in written.items() if token in text]
     assert "run-***" in written["recipe.yaml"] and "org/x" in written["recipe.yaml"]  # the rest intact
+    assert load_recipe(tmp_path / "recipe.yaml").training["eos_token"] == "<end_of_turn>"  # not a secret
