@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data_prep: {e}", file=sys.stderr)
         return 2
     print(report.summary())
+    if report.in_clear:
+        print("skipped (prep_report.json names these by keyed hash: their paths hold identifiers):",
+              *report.in_clear, sep="\n", file=sys.stderr)
     if report.skipped:
         print(f"skipped files are listed in {args.out / 'prep_report.json'}")
     return 0

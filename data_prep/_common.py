@@ -33,9 +33,17 @@ class PrepReport:
     notes: list[str] = field(default_factory=list)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # how the splits were made (seed, fractions)
+    hash_key: bytes | None = field(default=None, repr=False)  # for skip_hashed
+    in_clear: list[str] = field(default_factory=list, repr=False)  # skip_hashed's lines, for the terminal only
 
     def skip(self, path: Path | str, reason: str) -> None:
         self.skipped.append({"path": str(path), "reason": reason})
+
+    def skip_hashed(self, prefix: str, identifying: str, reason: str) -> None:
+        """Skip something whose name holds identifiers (DICOM UIDs, subject and study ids): the report lists
+        it by keyed hash; the clear name is kept for the terminal (`in_clear`), never written to a file."""
+        self.skip(f"{prefix}{hashed_id(identifying, self.hash_key or id_key())}", reason)
+        self.in_clear.append(f"  {prefix}{identifying}: {reason}")
 
     def count_split(self, split: str, labels: Iterable[str]) -> None:
         per_class = Counter(labels)
@@ -89,17 +97,51 @@ def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
             image.load()  # decodes the pixels: catches truncated files that open() accepts
             if image.mode == "RGB":
                 return data, None
-            if image.mode in HIGH_DEPTH_MODES:
-                image = Image.fromarray(scale_to_uint8(image), "L")
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
+            _eight_bit(image).convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue(), None
-    except UnidentifiedImageError:
-        return None, "not an image"
-    except Image.DecompressionBombError as e:
-        return None, f"too large: {e}"
-    except (OSError, SyntaxError, ValueError) as e:
-        return None, f"unreadable: {e}"
+    except IMAGE_ERRORS as e:
+        return None, image_problem(e)
+
+
+def read_image_resized(path: Path, size: int, quality: int = 95) -> tuple[bytes | None, str | None]:
+    """(JPEG bytes of the image as `size` x `size` grayscale, None), else (None, reason): for large
+    radiographs that the model sees much smaller.
+
+    A JPEG is decoded at reduced scale (draft mode: the decoder skips DCT detail, by 1/2, 1/4 or 1/8, never
+    below `size`), so a 3000 x 2500 film costs a fraction of a full decode; then one resize to the square
+    the Gemma 3 processor feeds the model (it does not keep the aspect ratio either), so the model sees what
+    it would have seen from the full image, and the processor's own resize does nothing.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return None, "empty file"
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("L", (size, size))
+            image.load()
+            square = _eight_bit(image).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        square.save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue(), None
+    except IMAGE_ERRORS as e:
+        return None, image_problem(e)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    return Image.fromarray(scale_to_uint8(image), "L") if image.mode in HIGH_DEPTH_MODES else image
+
+
+IMAGE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
+def image_problem(error: Exception) -> str:
+    """The skip reason for an image that Pillow could not read."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large: {error}"
+    return f"unreadable: {error}"
 
 
 # ----------------------------------------------------------------------------- splits
@@ -226,9 +268,11 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str]) -> None:
-    """Count the rows written, then save the DatasetDict and its report into the staging folder."""
+def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str] | None,
+                 count_by: str = "label") -> None:
+    """Count the rows written (per value of `count_by`, named by `label_names` when it is a class index), then
+    save the DatasetDict and its report into the staging folder."""
     for name, split in dataset_dict.items():
-        report.count_split(name, (label_names[i] for i in split["label"]))
+        report.count_split(name, (label_names[v] if label_names else v for v in split[count_by]))
     dataset_dict.save_to_disk(str(staging / "dataset"))
     (staging / "dataset" / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -15,7 +15,6 @@ import argparse
 import csv
 import io
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,15 +115,14 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     labels = read_labels(csv_path, report)
     paths = sorted(p for p in (src / IMAGE_DIR).rglob("*") if p.is_file())
     key, seen, prompt = id_key(), set(), TASK.prompt()
-    in_clear: list[str] = []  # skipped paths as they are, for the terminal only: they hold DICOM UIDs
+    report.hash_key = key
 
-    def skip(relative: str, reason: str) -> None:
-        report.skip(f"{IMAGE_DIR}/{hashed_id(relative, key)}", reason)
-        in_clear.append(f"  {relative}: {reason}")
+    def skip(relative: str, reason: str) -> None:  # DICOM paths hold UIDs
+        report.skip_hashed(f"{IMAGE_DIR}/", relative, reason)
 
     def rows():
         for path in tqdm(paths, desc="reading DICOMs", unit="img", mininterval=1.0):
-            relative = path.relative_to(src).as_posix()
+            relative = path.relative_to(src / IMAGE_DIR).as_posix()
             if path.suffix.lower() != ".dcm":
                 skip(relative, "stray file: not a .dcm")
                 continue
@@ -149,8 +147,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     with staged_output(out, args.overwrite) as staging:
         pool = build_split(rows, features, staging, "pool")
         for uid in sorted(set(labels) - seen):
-            report.skip(f"{csv_path.name}: {hashed_id(uid, key)}", "CSV row without a readable DICOM")
-            in_clear.append(f"  {csv_path.name}: {uid}: CSV row without a readable DICOM")
+            report.skip_hashed(f"{csv_path.name}: ", uid, "CSV row without a readable DICOM")
         if len(pool) == 0:
             raise PrepError(f"no usable DICOM under {src / IMAGE_DIR} (see the skipped files above)")
         rest, test = stratified_split(pool["label"], args.test_fraction, args.seed, groups=pool["patient"])
@@ -163,9 +160,6 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
                                     "test": pool.select(test)})
         report.notes.append(f"patients: {len(set(pool['patient']))}; splits are disjoint by patient")
         save_dataset(dataset_dict, report, staging, list(TASK.class_names))
-    if in_clear:
-        print("skipped (prep_report.json names them by keyed hash, as DICOM paths hold UIDs):", *in_clear,
-              sep="\n", file=sys.stderr)
     return report
 
 

@@ -330,6 +330,9 @@ def validate(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep {task.dataset} --src RAW "
                                        f"--out DIR` and pass data.path=DIR")
     prepared = _prep_options(data_path)
+    if recipe.data.test_fraction is not None and prepared and "test_fraction" not in prepared:
+        raise RecipeError("data.test_fraction", f"{data_path} has the publisher's own test split, not one data_prep "
+                                                "draws: remove data.test_fraction")
     if recipe.data.test_fraction is not None and prepared.get("test_fraction", recipe.data.test_fraction) != \
             recipe.data.test_fraction:
         raise RecipeError("data.test_fraction", f"{recipe.data.test_fraction} but {data_path} was prepared with "

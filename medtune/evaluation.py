@@ -106,30 +106,33 @@ def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch
         return None
 
     by_id = dict(gathered)
-    references, predictions, scores = [], [], []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
-        for row in dataset.select_columns([c for c in dataset.column_names if c != "image"]):
-            output, reference = by_id[row["id"]], task.reference(row)
-            record = {"id": row["id"], "reference": reference, "reference_text": row["answer"]}
-            if mode == "score":
-                parsed = max(range(len(output)), key=output.__getitem__)
-                record.update(generated=task.option_line(parsed), scores=output)
-                scores.append(output)
-            else:
-                parsed = task.parse_answer(output)
-                record["generated"] = output
-            references.append(reference)
-            predictions.append(parsed)
-            f.write(json.dumps({**record, "parsed": parsed, "correct": parsed == reference}) + "\n")
+    records, references, predictions, scores = [], [], [], []
+    for row in dataset.select_columns([c for c in dataset.column_names if c != "image"]):
+        output, reference = by_id[row["id"]], task.reference(row)
+        record = {"id": row["id"], "reference": reference, "reference_text": row["answer"]}
+        if mode == "score":
+            parsed = max(range(len(output)), key=output.__getitem__)
+            record.update(generated=task.option_line(parsed), scores=output)
+            scores.append(output)
+        else:
+            parsed = task.parse_answer(output)
+            record["generated"] = output
+        references.append(reference)
+        predictions.append(parsed)
+        records.append({**record, "parsed": parsed})
     metrics = task.compute_metrics(references, predictions, scores if mode == "score" else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_example = metrics.pop("per_example")  # the task's scores of each example: saved with its prediction
+    with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
+        for record, example in zip(records, per_example):
+            f.write(json.dumps({**record, **example}) + "\n")
     result = {
         "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
         "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
         "decoding": {"mode": mode, "batch_size": batch_size, "processes": state.num_processes,
                      **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})},
     }
-    result["figures"] = [p.name for p in task.write_figures(metrics, out_dir, name)]
+    result["figures"] = [p.name for p in task.write_figures(metrics, per_example, out_dir, name)]
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
@@ -146,7 +149,15 @@ def comparison_rows(task, baseline: dict | None, finetuned: dict | None) -> list
     return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in task.table_metrics]
 
 
-def comparison_table(rows: list[list[str]]) -> str:
-    """The comparison rows as a markdown table."""
+def unavailable_notes(task, *results: dict | None) -> list[str]:
+    """Why a table metric is missing (`<metric>_unavailable` in the metrics), once per metric and reason."""
+    notes = {f"{key} unavailable: {r['metrics'][key + '_unavailable']}"
+             for r in results if r for key in task.table_metrics if r["metrics"].get(key + "_unavailable")}
+    return sorted(notes)
+
+
+def comparison_table(rows: list[list[str]], notes: list[str] = ()) -> str:
+    """The comparison rows as a markdown table, with the reasons for missing metrics under it."""
     lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|---|---|---|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else [])) + "\n"

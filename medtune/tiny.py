@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 TINY_NAME = "tiny"
-TINY_VERSION = 2  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+TINY_VERSION = 3  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
@@ -32,6 +32,11 @@ CORPUS = [
     "Is there a pneumothorax in this chest X-ray? A: no pneumothorax B: pneumothorax",
     "INDICATION: FINDINGS: IMPRESSION: The lungs are clear. No pleural effusion or pneumothorax.",
     "There is a small nodule in the right upper lobe. Cardiomegaly is present. No acute findings.",
+    "Write the FINDINGS and IMPRESSION sections of the radiology report for this chest X-ray.",
+    "The lungs are clear. The cardiomediastinal silhouette is normal. No acute cardiopulmonary process.",
+    "There is a moderate right pleural effusion with adjacent atelectasis. The heart size is normal.",
+    "The heart is enlarged. Cardiomegaly without acute cardiopulmonary process. Evaluate for pneumonia.",
+    "___M with cough ___F with shortness of breath Chest pain Fever, rule out infection Preoperative evaluation",
     "Describe the image. user model system assistant answer option",
 ]
 

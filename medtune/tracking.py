@@ -65,14 +65,15 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
 def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[list[str]], eval_dir: Path,
                    dataset) -> None:
     """Add the evaluation to the run the trainer logged to (main process only)."""
-    from medtune.evaluation import COMPARISON_COLUMNS, comparison_table
+    from medtune.evaluation import COMPARISON_COLUMNS, comparison_table, unavailable_notes
     from medtune.tasks import get_task
 
     t = recipe.tracking
     if t.backend == "none":
         return
-    n = t.num_sample_predictions
-    log_images = t.log_images if t.log_images is not None else not get_task(recipe.task.name).credentialed
+    n, task = t.num_sample_predictions, get_task(recipe.task.name)
+    log_images = t.log_images if t.log_images is not None else not task.credentialed
+    scored = list(task.example_metrics)  # the per-example scores saved with each prediction
     if t.backend == "wandb":
         import wandb
 
@@ -87,9 +88,10 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
             for figure in r.get("figures", []):
                 run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
             if n:
-                columns = ["id", "image", "reference", "generated", "correct"]
+                columns = ["id", "image", "reference", "generated", *scored]
                 data = [[p["id"], wandb.Image(img) if log_images else None, p["reference_text"], p["generated"],
-                         p["correct"]] for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
+                         *(p.get(k) for k in scored)]
+                        for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
                 run.log({f"final/{name}/samples": wandb.Table(columns=columns, data=data)})
         run.finish()
     elif t.backend == "tensorboard":
@@ -107,12 +109,14 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                 writer.add_image(f"final/{name}/{Path(figure).stem}", image, dataformats="HWC")
             if n:
                 samples = _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)
-                lines = ["| id | reference | generated | correct |", "|---|---|---|---|"]
+                lines = ["| " + " | ".join(["id", "reference", "generated", *scored]) + " |",
+                         "|---" * (3 + len(scored)) + "|"]
                 for i, (p, img) in enumerate(samples):
-                    lines.append(f"| {p['id']} | {p['reference_text']} | {p['generated']!r} | {p['correct']} |")
+                    cells = [p["id"], p["reference_text"], repr(p["generated"]), *(p.get(k) for k in scored)]
+                    lines.append("| " + " | ".join(str(c).replace("\n", " ") for c in cells) + " |")
                     if log_images:
                         writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
                                          dataformats="HWC")
                 writer.add_text(f"final/{name}/samples", "\n".join(lines))
-        writer.add_text("final/comparison", comparison_table(comparison))
+        writer.add_text("final/comparison", comparison_table(comparison, unavailable_notes(task, *results.values())))
         writer.close()

@@ -59,7 +59,7 @@ def run(recipe: Recipe) -> str | None:
     from medtune.callbacks import NonFiniteLossGuard
     from medtune.collator import build_collator
     from medtune.data import load_split
-    from medtune.evaluation import comparison_rows, comparison_table, evaluate
+    from medtune.evaluation import comparison_rows, comparison_table, evaluate, unavailable_notes
     from medtune.export import merge_adapter, push_to_hub, write_model_card
     from medtune.model import load_model, load_processor, lora_config, resolve_precision
     from medtune.run_info import write_run_info
@@ -131,7 +131,7 @@ def run(recipe: Recipe) -> str | None:
     table = None
     if state.is_main_process:
         rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
-        table = comparison_table(rows)
+        table = comparison_table(rows, unavailable_notes(task, *results.values()))
         eval_dir.mkdir(parents=True, exist_ok=True)
         (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
         write_model_card(recipe, out_dir)

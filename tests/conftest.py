@@ -75,9 +75,25 @@ def small_siim(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prepared(small_crc, small_siim):
+def small_mimic(tmp_path_factory):
+    """The synthetic MIMIC-CXR-JPG download (30 subjects, full-size films, broken studies included), prepared
+    with two processes."""
+    from data_prep.mimic_cxr import synthesize
+
+    root = tmp_path_factory.mktemp("mimic-small")
+    synthesize(root / "raw", seed=0)
+    result = run_cli(sys.executable, "-m", "data_prep", "mimic_cxr", "--src", str(root / "raw"), "--out",
+                     str(root / "data"), "--num-proc", "2")
+    assert result.returncode == 0, result.stderr
+    root.joinpath("prep_stderr.txt").write_text(result.stderr)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(small_crc, small_siim, small_mimic):
     """task name -> a prepared dataset folder for it."""
-    return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data"}
+    return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data",
+            "report_generation": small_mimic / "data"}
 
 
 @pytest.fixture(scope="session")

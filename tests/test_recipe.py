@@ -37,15 +37,19 @@ def test_a_test_share_other_than_the_prepared_one_is_refused(prepared):
     assert error.value.key == "data.test_fraction"
 
 
-def test_option_scoring_is_refused_for_a_task_without_options(data_path, monkeypatch):
-    import medtune.config as config
+REPORTS = REPO / "recipes" / "report_generation" / "qlora.yaml"
 
-    class Free:  # a generation task such as report writing: no options to score
-        name, dataset = "free_text", "crc100k"
 
-    monkeypatch.setattr(config, "get_task", lambda name: Free())
-    with pytest.raises(RecipeError, match="score needs a multiple-choice task"):
-        load_recipe(QLORA, [data_path, "eval.mode=score"])
+def test_option_scoring_is_refused_for_report_generation(small_mimic):
+    with pytest.raises(RecipeError, match="score needs a multiple-choice task") as error:
+        load_recipe(REPORTS, [f"data.path={small_mimic / 'data'}", "eval.mode=score"])
+    assert error.value.key == "eval.mode"
+
+
+def test_a_test_share_is_refused_for_data_with_the_publishers_split(small_mimic):
+    with pytest.raises(RecipeError, match="publisher's own test split") as error:
+        load_recipe(REPORTS, [f"data.path={small_mimic / 'data'}", "data.test_fraction=0.2"])
+    assert error.value.key == "data.test_fraction"
 
 
 def test_qlora_recipe_follows_the_reference_notebook(data_path):

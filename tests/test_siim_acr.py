@@ -32,7 +32,7 @@ def test_every_broken_or_orphan_file_is_reported(small_siim, tmp_path):
     key, study, series = id_key(), "1.2.826.0.1.999", "1.2.826.0.1.999.1"
 
     def dicom(name):  # how the report names a file: by keyed hash of its path, which holds UIDs
-        return reasons[f"dicom-images-train/{hashed_id(f'dicom-images-train/{study}/{series}/{name}', key)}"]
+        return reasons[f"dicom-images-train/{hashed_id(f'{study}/{series}/{name}', key)}"]
 
     assert dicom(f"{series}.1.dcm").startswith(("no pixel data", "undecodable"))  # truncated
     assert dicom(f"{series}.2.dcm") == "not a DICOM file"

@@ -79,5 +79,5 @@ def test_an_unparsable_answer_is_never_a_class():
 
 def test_confusion_matrix_png(tmp_path):
     m = TASK.compute_metrics([0, 1, 2, 3], [0, 1, 3, UNPARSABLE])
-    (path,) = TASK.write_figures(m, tmp_path, "finetuned")
+    (path,) = TASK.write_figures(m, m["per_example"], tmp_path, "finetuned")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,7 @@ class MultipleChoiceTask:
     # data under a data-use agreement (e.g. PhysioNet's MIMIC): its images stay out of trackers by default
     credentialed: bool = False
     max_new_tokens: int = 16  # an option line is a few tokens; more only wastes generation time
+    example_metrics: tuple[str, ...] = ("correct",)  # saved with each prediction
     kind: str = "classification"
 
     # -------------------------------------------------------------- prompt and answer
@@ -92,6 +93,7 @@ class MultipleChoiceTask:
             "weighted_f1": float(f1_score(references, predictions, labels=labels, average="weighted", zero_division=0)),
             "macro_f1": float(f1_score(references, predictions, labels=labels, average="macro", zero_division=0)),
             "unparsable": int(sum(p == UNPARSABLE for p in predictions)),
+            "per_example": [{"correct": p == r} for r, p in zip(references, predictions)],
             "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                           for name, p, r, f, s in zip(self.class_names, precision, recall, f1, support)},
             "confusion_matrix": {
@@ -122,7 +124,8 @@ class MultipleChoiceTask:
             return {"auroc": float(roc_auc_score([r == present[1] for r in references], [k[1] for k in kept]))}
         return {"auroc": float(roc_auc_score(references, kept, multi_class="ovr", labels=present))}
 
-    def write_figures(self, metrics: dict[str, Any], out_dir: Path, prefix: str) -> list[Path]:
+    def write_figures(self, metrics: dict[str, Any], per_example: list[dict[str, Any]], out_dir: Path,
+                      prefix: str) -> list[Path]:
         """The confusion matrix as a PNG (rows: truth; columns: prediction, then unparsable)."""
         import matplotlib
 
