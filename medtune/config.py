@@ -104,7 +104,7 @@ class TrackingSection:
     run_name: str | None = None
     wandb_mode: Literal["online", "offline"] = "online"  # offline works without a network; sync later
     # sample predictions with their images in the tracker; None: yes for public datasets, no for
-    # credentialed ones (the task says which)
+    # credentialed ones (the task says which), whose sample table (report text) is then left out too
     log_images: bool | None = None
     num_sample_predictions: int = field(default=16, metadata=_range(0))
 

@@ -71,8 +71,11 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
     t = recipe.tracking
     if t.backend == "none":
         return
-    n, task = t.num_sample_predictions, get_task(recipe.task.name)
+    task = get_task(recipe.task.name)
     log_images = t.log_images if t.log_images is not None else not task.credentialed
+    # Credentialed data (PhysioNet's agreement forbids passing it to third-party services): its reports are
+    # data as much as its images, so the sample table goes to the tracker only where images may.
+    n = t.num_sample_predictions if log_images or not task.credentialed else 0
     scored = list(task.example_metrics)  # the per-example scores saved with each prediction
     if t.backend == "wandb":
         import wandb
