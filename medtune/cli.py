@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(args) -> None:
     from medtune.config import load_recipe
     from medtune.data import load_split
-    from medtune.evaluation import evaluate
+    from medtune.evaluation import evaluate, unavailable_notes
     from medtune.model import load_model, load_processor, resolve_precision
     from medtune.tasks import get_task
 
@@ -72,13 +72,14 @@ def _evaluate(args) -> None:
         model = PeftModel.from_pretrained(model, str(args.adapter))
         label += f" + {args.adapter}"
     name = args.name or ("adapter" if args.adapter else "base")
-    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split),
-                      get_task(recipe.task.name), name=name, out_dir=recipe.output_dir / "eval",
-                      batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens, model_label=label,
-                        mode=recipe.eval.mode)
+    task = get_task(recipe.task.name)
+    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split), task, name=name,
+                      out_dir=recipe.output_dir / "eval", batch_size=recipe.eval.batch_size,
+                      max_new_tokens=recipe.eval.max_new_tokens, model_label=label, mode=recipe.eval.mode)
     if result:
         shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
-        print(f"{name}: {shown}\nwritten to {recipe.output_dir / 'eval' / (name + '.json')}")
+        print(f"{name}: {shown}", *unavailable_notes(task, result), sep="\n")
+        print(f"written to {recipe.output_dir / 'eval' / (name + '.json')}")
 
 
 def _demo(args) -> None:

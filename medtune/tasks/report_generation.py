@@ -134,7 +134,8 @@ def _radgraph_scorer():
     try:
         return F1RadGraph(reward_level=RADGRAPH_REWARD, model_type=RADGRAPH_MODEL), None
     except Exception as e:  # noqa: BLE001 - radgraph wraps every download failure in a bare Exception
-        return None, (f"radgraph could not load its model {RADGRAPH_MODEL} ({type(e).__name__}: {str(e)[:160]}); "
+        first_sentence = str(e).split(". ")[0][:200]
+        return None, (f"radgraph could not load its model {RADGRAPH_MODEL} ({first_sentence}); "
                       "it downloads StanfordAIMI/RRG_scorers from the Hub on first use: run once with a network, "
                       "or copy ~/.cache/radgraph from a machine that has it")
 
