@@ -66,7 +66,10 @@ def main() -> None:
     models["fine-tuned adapter"] = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(
         tiny_checkpoint_dir()), str(run))
 
-    scaled = scaled_medgemma(processor.tokenizer)
+    from medgemma_shapes import build_model, build_processor  # benchmarks/, beside this script
+
+    scaled_processor = build_processor("scaled")
+    scaled = build_model("scaled", scaled_processor.tokenizer), scaled_processor
 
     def timed(fn) -> float:
         seconds = []
@@ -99,38 +102,6 @@ def main() -> None:
         generate = timed(lambda n=tokens: generate_answers(model, scaled_processor, test, args.batch_size, n,
                                                            "generate", show_progress=False))
         print(f"| {tokens} | {generate:.2f} | {score:.2f} | {generate / score:.1f}x |")
-
-
-def scaled_medgemma(tokenizer):
-    """A random Gemma 3 with MedGemma's vocabulary and image-token count, small enough for a CPU."""
-    import torch
-    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig,
-                              SiglipVisionConfig)
-
-    from medtune.tiny import GEMMA3_CHAT_TEMPLATE
-
-    try:
-        from transformers import Gemma3ImageProcessorPil as ImageProcessor
-    except ImportError:  # pragma: no cover
-        from transformers import Gemma3ImageProcessor as ImageProcessor
-
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    text = Gemma3TextConfig(vocab_size=262_208, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64,
-                            sliding_window=1024, pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, end_of_turn])
-    vision = SiglipVisionConfig(image_size=224, patch_size=14, hidden_size=128, intermediate_size=512,
-                                num_hidden_layers=2, num_attention_heads=2, vision_use_head=False)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256,
-                          boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
-                          image_token_index=tokenizer.image_token_id)
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = Gemma3Processor(
-        image_processor=ImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        tokenizer=tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=256)
-    return model, processor
 
 
 if __name__ == "__main__":

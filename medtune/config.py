@@ -167,9 +167,16 @@ def mask_secrets(value: Any, key: str = "") -> Any:
 
 # ----------------------------------------------------------------------------- loading
 class _RecipeLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `2e-4` (no dot) as a string; recipes and overrides mean a float."""
+    """YAML 1.2's scalars, not 1.1's: `2e-4` (no dot) is a float, not a string; `no`, `yes`, `on` and `off` are
+    strings, not booleans (`training.eval_strategy=no` means the strategy "no")."""
 
 
+_RecipeLoader.yaml_implicit_resolvers = {  # a copy without 1.1's booleans, then 1.2's added back
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
 _RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

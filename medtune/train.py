@@ -47,21 +47,53 @@ def resume_checkpoint(recipe: Recipe) -> str | None:
     return newest_complete_checkpoint(recipe.output_dir) if wanted == "auto" else wanted
 
 
+def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
+    """The trainer's arguments: the recipe's `training` section plus what medtune owns (precision, loss, tracker)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from trl import SFTConfig
+
+    from medtune import tracking
+
+    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
+    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
+                     **tracking.training_arguments(recipe))
+    if is_deepspeed_zero3_enabled() and recipe.quantization.load_in_4bit:
+        raise MedtuneError("quantization.load_in_4bit: QLoRA is not run under DeepSpeed ZeRO-3 (4-bit weights "
+                           "cannot be partitioned here); a 4-bit MedGemma 4B fits one GPU: use "
+                           "accelerate_configs/multi_gpu.yaml or deepspeed_zero2.yaml")
+    return args
+
+
+def build_trainer(recipe: Recipe, args, precision: str):
+    """(SFTTrainer, processor) for the recipe: its data, model, LoRA adapter and answer-only collator.
+    Shared with benchmarks/, so that what is measured is what users run."""
+    from trl import SFTTrainer
+
+    from medtune.collator import build_collator
+    from medtune.data import load_split
+    from medtune.model import load_model, load_processor, lora_config
+
+    train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
+    processor = load_processor(recipe)
+    trainer = SFTTrainer(model=load_model(recipe, precision), args=args, train_dataset=train_set,
+                         eval_dataset=validation_set if args.eval_strategy != "no" else None,
+                         processing_class=processor, data_collator=build_collator(processor, args.max_length),
+                         peft_config=lora_config(recipe))
+    return trainer, processor
+
+
 def run(recipe: Recipe) -> str | None:
     """Train, evaluate and export; returns the comparison table on the main process."""
     import torch
     from accelerate import PartialState
     from transformers import set_seed
-    from transformers.integrations import is_deepspeed_zero3_enabled
-    from trl import SFTConfig, SFTTrainer
 
     from medtune import tracking
     from medtune.callbacks import NonFiniteLossGuard
-    from medtune.collator import build_collator
     from medtune.data import load_split
     from medtune.evaluation import comparison_rows, comparison_table, evaluate, unavailable_notes
     from medtune.export import merge_adapter, push_to_hub, write_model_card
-    from medtune.model import load_model, load_processor, lora_config, resolve_precision
+    from medtune.model import resolve_precision
     from medtune.run_info import write_run_info
     from medtune.tasks import get_task
 
@@ -75,29 +107,16 @@ def run(recipe: Recipe) -> str | None:
 
     # ---------------------------------------------------------------- training arguments
     # Before the model: under DeepSpeed ZeRO-3 they tell from_pretrained to partition the weights as they load.
-    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
-    args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
-                     **tracking.training_arguments(recipe))
-    if is_deepspeed_zero3_enabled() and recipe.quantization.load_in_4bit:
-        raise MedtuneError("quantization.load_in_4bit: QLoRA is not run under DeepSpeed ZeRO-3 (4-bit weights "
-                           "cannot be partitioned here); a 4-bit MedGemma 4B fits one GPU: use "
-                           "accelerate_configs/multi_gpu.yaml or deepspeed_zero2.yaml")
+    args = sft_config(recipe, precision, on_cpu)
     if state.is_main_process:
         plugin = getattr(args, "deepspeed_plugin", None)
         write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes,
                                          "distributed": str(state.distributed_type),
                                          "deepspeed_zero_stage": plugin.zero_stage if plugin else None})
 
-    # ---------------------------------------------------------------- data
-    train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
+    # ---------------------------------------------------------------- data, model and training
     test_set = load_split(recipe, recipe.eval.split)
-
-    # ---------------------------------------------------------------- model and training
-    processor = load_processor(recipe)
-    trainer = SFTTrainer(model=load_model(recipe, precision), args=args, train_dataset=train_set,
-                         eval_dataset=validation_set if args.eval_strategy != "no" else None,
-                         processing_class=processor, data_collator=build_collator(processor, args.max_length),
-                         peft_config=lora_config(recipe))
+    trainer, processor = build_trainer(recipe, args, precision)
     guard = NonFiniteLossGuard()
     trainer.add_callback(guard)
     checkpoint = resume_checkpoint(recipe)

@@ -120,6 +120,9 @@ def test_override_values_are_typed_as_yaml():
     assert parse_override("quantization.load_in_4bit=false") == (["quantization", "load_in_4bit"], False)
     assert parse_override("lora.target_modules=[q_proj, v_proj]")[1] == ["q_proj", "v_proj"]
     assert parse_override("export.repo_id=") == (["export", "repo_id"], None)
+    # YAML 1.2 scalars: `no` is the strategy "no", not False (SFTConfig refused False with a traceback)
+    assert parse_override("training.eval_strategy=no") == (["training", "eval_strategy"], "no")
+    assert parse_override("training.save_strategy=off")[1] == "off"
     for bad in ("learning_rate=1", "training.=1", "a.b.c=1", "no-equals"):
         with pytest.raises(RecipeError):
             parse_override(bad)
@@ -133,7 +136,7 @@ def test_override_round_trips_any_simple_value(section, key, value):
     assert parsed_key == [section, key]
     if isinstance(value, (bool, int)):
         assert parsed_value == value
-    elif value not in ("yes", "no", "on", "off", "true", "false", "null", "y", "n") and not value.isdigit():
+    elif value not in ("true", "false", "null") and not value.isdigit():  # yes/no/on/off stay strings
         assert str(parsed_value) == value or parsed_value == value
 
 

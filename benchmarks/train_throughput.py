@@ -1,0 +1,247 @@
+"""Training throughput and memory: the reference notebook's recipe vs medtune's QLoRA and LoRA recipes,
+side by side, at MedGemma 4B's shapes with random weights, on the same data.
+
+    python benchmarks/train_throughput.py [--shape auto|real|scaled] [--steps 4] [--workdir /tmp/medtune-train-bench]
+
+`--shape auto`: MedGemma 4B's real architecture on a GPU, the scaled one (real vocabulary and image-token
+count, narrow layers) on a CPU; see medgemma_shapes.py. Each configuration trains in a process of its own
+(so that peak memory is its own) for --steps optimizer steps of 4 x 4 accumulated examples, on the synthetic
+NCT-CRC-HE-100K stand-in, with the same seed and data order. The first step is warm-up and is not timed.
+
+Configurations:
+- reference: a faithful re-implementation of Google's MedGemma fine-tuning notebook: QLoRA (NF4, double
+  quantisation, the whole model quantised), LoRA r16/alpha16 on `all-linear` (vision tower included),
+  `modules_to_save=["lm_head", "embed_tokens"]`, eager attention, its collate_fn (loss on every token but
+  padding and image tokens), batch 4 x 4, gradient checkpointing, lr 2e-4, clipping 0.3.
+- medtune-qlora / medtune-lora: recipes/tissue_classification/{qlora,lora}.yaml run through medtune's own
+  trainer builder (medtune.train.build_trainer): what `medtune train` runs.
+
+Columns: samples/s, tokens/s (non-padding tokens), peak memory (GPU: torch's peak allocation; CPU: the
+process's peak resident set), trainable parameters, adapter size on disk, and on a GPU the model FLOPs
+utilisation (6 x parameters x tokens per second, against the GPU's dense bf16 peak). The per-step losses of
+each configuration are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CONFIGS = ("reference", "medtune-qlora", "medtune-lora")
+BATCH, ACCUMULATION = 4, 4
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU (NVIDIA datasheets)
+
+
+# ----------------------------------------------------------------------------- measuring (in the child)
+class _CountingCollator:
+    """Counts the non-padding tokens of every batch it builds."""
+
+    def __init__(self, collate):
+        self.collate, self.tokens = collate, 0
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+def _timing_callback(counter):
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.marks, self.losses = [], []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _synchronize()
+            self.marks.append((time.perf_counter(), counter.tokens))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(round(float(logs["loss"]), 4))
+
+    return StepTimes()
+
+
+def _synchronize():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reference_trainer(checkpoint: Path, data: Path, out: Path, steps: int):
+    """Google's notebook (medgemma/notebooks/fine_tune_with_hugging_face.ipynb), as close as the current
+    libraries allow: its quantisation, LoRA, collate_fn and training arguments."""
+    import torch
+    from datasets import load_from_disk
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    on_gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint, attn_implementation="eager", dtype=dtype, device_map={"": 0 if on_gpu else "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True,
+                                               bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                               bnb_4bit_quant_storage=dtype))
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    processor.tokenizer.padding_side = "right"
+    peft_config = LoraConfig(lora_alpha=16, lora_dropout=0.05, r=16, bias="none", target_modules="all-linear",
+                             task_type="CAUSAL_LM", modules_to_save=["lm_head", "embed_tokens"])
+    tokenizer = processor.tokenizer
+    boi = tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map["boi_token"])
+
+    def collate_fn(examples):
+        texts = [processor.apply_chat_template(e["messages"], add_generation_prompt=False, tokenize=False).strip()
+                 for e in examples]
+        images = [[e["image"].convert("RGB")] for e in examples]
+        batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        labels = batch["input_ids"].clone()
+        labels[labels == tokenizer.pad_token_id] = -100
+        labels[labels == boi] = -100
+        labels[labels == tokenizer.image_token_id] = -100  # the notebook's 262144, <image_soft_token>
+        batch["labels"] = labels
+        return batch
+
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH,
+                     gradient_accumulation_steps=ACCUMULATION, gradient_checkpointing=True,
+                     optim="adamw_torch_fused", logging_steps=1, save_strategy="no", eval_strategy="no",
+                     learning_rate=2e-4, bf16=on_gpu, max_grad_norm=0.3, warmup_steps=0.03,
+                     lr_scheduler_type="linear", report_to="none", gradient_checkpointing_kwargs={"use_reentrant": False},
+                     dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+                     label_names=["labels"], use_cpu=not on_gpu, dataloader_num_workers=0, seed=42)
+    train = load_from_disk(str(data))["train"]
+    return SFTTrainer(model=model, args=args, train_dataset=train, peft_config=peft_config,
+                      processing_class=processor, data_collator=collate_fn)
+
+
+def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps: int):
+    import torch
+
+    from medtune.config import load_recipe
+    from medtune.model import resolve_precision
+    from medtune.train import build_trainer, sft_config
+
+    recipe = load_recipe(REPO / f"recipes/tissue_classification/{method}.yaml", [
+        f"model.name_or_path={checkpoint}", f"data.path={data}", "data.max_train_samples=null",
+        f"training.output_dir={out}", f"training.max_steps={steps}", "training.logging_steps=1",
+        "training.save_strategy=no", "training.eval_strategy=no", "training.dataloader_num_workers=0",
+        "tracking.backend=none"])
+    precision = resolve_precision(recipe.model.precision)
+    trainer, _ = build_trainer(recipe, sft_config(recipe, precision, not torch.cuda.is_available()), precision)
+    return trainer
+
+
+def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) -> dict:
+    import torch
+    from transformers import set_seed
+
+    set_seed(42)
+    trainer = (reference_trainer(checkpoint, data, out, steps) if config == "reference"
+               else medtune_trainer(config.split("-")[1], checkpoint, data, out, steps))
+    counter = _CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    timing = _timing_callback(counter)
+    trainer.add_callback(timing)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, tokens0), (t1, tokens1) = timing.marks[0], timing.marks[-1]
+    timed_steps = len(timing.marks) - 1
+    trainer.save_model(str(out / "adapter"))
+    adapter = sum(p.stat().st_size for p in (out / "adapter").glob("adapter_model*"))
+    model = trainer.model
+    result = {
+        "config": config, "steps_timed": timed_steps,
+        "samples_per_s": timed_steps * BATCH * ACCUMULATION / (t1 - t0),
+        "tokens_per_s": (tokens1 - tokens0) / (t1 - t0),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.get_base_model().parameters()),
+        "adapter_mb": adapter / 2**20, "losses": timing.losses,
+    }
+    if torch.cuda.is_available():
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        result["mfu"] = 6 * result["total_params"] * result["tokens_per_s"] / (peak * 1e12) if peak else None
+        result["device"] = name
+    else:
+        result["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        result["mfu"] = None
+        result["device"] = f"CPU ({os.cpu_count()} cores)"
+    return result
+
+
+# ----------------------------------------------------------------------------- driving (in the parent)
+def prepare_data(workdir: Path) -> Path:
+    """The synthetic NCT-CRC-HE-100K stand-in, prepared by data_prep as users prepare the real one."""
+    data = workdir / "data"
+    if not (data / "dataset_dict.json").is_file():
+        from data_prep.crc100k import synthesize
+
+        synthesize(workdir / "raw", seed=0, train_per_class=16, test_per_class=2)
+        subprocess.run([sys.executable, "-m", "data_prep", "crc100k", "--src", str(workdir / "raw"), "--out",
+                        str(data), "--overwrite"], check=True, cwd=REPO, capture_output=True)
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["auto", "real", "scaled"], default="auto")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per configuration (the first untimed)")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-train-bench"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    shape = args.shape if args.shape != "auto" else ("real" if torch.cuda.is_available() else "scaled")
+    checkpoint = args.workdir / f"medgemma-{shape}-random"
+    if args.child:  # one configuration, in a process of its own
+        result = measure(args.child, checkpoint, args.workdir / "data", args.workdir / "runs" / args.child, args.steps)
+        print("RESULT " + json.dumps(result))
+        return
+
+    from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    prepare_data(args.workdir)
+    write_checkpoint(shape, checkpoint)
+    results = []
+    for config in args.configs.split(","):
+        run = subprocess.run([sys.executable, __file__, "--child", config, "--shape", shape, "--steps", str(args.steps),
+                              "--workdir", str(args.workdir)], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{config} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+        results.append(json.loads(line[len("RESULT "):]))
+
+    print(f"date: {time.strftime('%Y-%m-%d')}; device: {results[0]['device']}; shape: {shape}; torch "
+          f"{torch.__version__}; python {platform.python_version()}")
+    print(f"batch {BATCH} x accumulation {ACCUMULATION}; {args.steps} optimizer steps each, the first untimed\n")
+    print("| configuration | samples/s | tokens/s | vs reference | peak memory GB | trainable params | adapter MB | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = results[0]["samples_per_s"]
+    for r in results:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
+        print(f"| {r['config']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['samples_per_s'] / base:.2f}x | "
+              f"{r['peak_memory_gb']:.2f} | {r['trainable_params'] / 1e6:.1f} M | {r['adapter_mb']:.1f} | {mfu} |")
+    print("\nloss per optimizer step (the reference's loss covers the prompt too, medtune's the answer only):\n")
+    for r in results:
+        print(f"- {r['config']}: {r['losses']}")
+
+
+if __name__ == "__main__":
+    main()
