@@ -15,6 +15,11 @@ Configurations:
   padding and image tokens), batch 4 x 4, gradient checkpointing, lr 2e-4, clipping 0.3.
 - medtune-qlora / medtune-lora: recipes/tissue_classification/{qlora,lora}.yaml run through medtune's own
   trainer builder (medtune.train.build_trainer): what `medtune train` runs.
+- medtune-lora+every-position (CPU only): the same without medtune.train.project_labelled_positions_only,
+  i.e. TRL's CPU default of projecting every position through the 262k-row LM head: what that change buys,
+  and that the loss curve does not move.
+On a CPU every configuration projects only labelled positions, as TRL does on a GPU, so that the CPU
+figures stand for what a GPU runs.
 
 Columns: samples/s, tokens/s (non-padding tokens), peak memory (GPU: torch's peak allocation; CPU: the
 process's peak resident set), trainable parameters, adapter size on disk, and on a GPU the model FLOPs
@@ -36,6 +41,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIGS = ("reference", "medtune-qlora", "medtune-lora")
+# On a CPU also medtune's LoRA recipe with TRL's CPU behaviour: every position through the LM head (on a GPU
+# TRL projects only the labelled ones anyway, so there the row would repeat medtune-lora)
+CPU_ONLY_CONFIGS = ("medtune-lora+every-position",)
+# a variant of a medtune configuration, `medtune-lora+sdpa`: recipe overrides to try a change
+VARIANTS = {"sdpa": ["model.attn_implementation=sdpa"], "no-checkpointing": ["training.gradient_checkpointing=false"],
+            "every-position": []}
 BATCH, ACCUMULATION = 4, 4
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU (NVIDIA datasheets)
 
@@ -125,7 +136,7 @@ def reference_trainer(checkpoint: Path, data: Path, out: Path, steps: int):
                       processing_class=processor, data_collator=collate_fn)
 
 
-def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps: int):
+def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps: int, overrides: list[str]):
     import torch
 
     from medtune.config import load_recipe
@@ -136,7 +147,7 @@ def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps:
         f"model.name_or_path={checkpoint}", f"data.path={data}", "data.max_train_samples=null",
         f"training.output_dir={out}", f"training.max_steps={steps}", "training.logging_steps=1",
         "training.save_strategy=no", "training.eval_strategy=no", "training.dataloader_num_workers=0",
-        "tracking.backend=none"])
+        "tracking.backend=none", *overrides])
     precision = resolve_precision(recipe.model.precision)
     trainer, _ = build_trainer(recipe, sft_config(recipe, precision, not torch.cuda.is_available()), precision)
     return trainer
@@ -146,9 +157,20 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
     import torch
     from transformers import set_seed
 
+    from medtune.train import project_labelled_positions_only
+
+    import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import _use_triton as trl_default
+
     set_seed(42)
-    trainer = (reference_trainer(checkpoint, data, out, steps) if config == "reference"
-               else medtune_trainer(config.split("-")[1], checkpoint, data, out, steps))
+    # As TRL does on a GPU, for every configuration: only labelled positions go through the LM head
+    project_labelled_positions_only()
+    name, _, variant = config.partition("+")
+    trainer = (reference_trainer(checkpoint, data, out, steps) if name == "reference"
+               else medtune_trainer(name.removeprefix("medtune-"), checkpoint, data, out, steps, VARIANTS[variant]
+                                    if variant else []))
+    if variant == "every-position":
+        trl_utils._use_triton = trl_default  # TRL's own choice: on a CPU, every position
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     timing = _timing_callback(counter)
@@ -199,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["auto", "real", "scaled"], default="auto")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per configuration (the first untimed)")
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", help=f"default: {','.join(CONFIGS)} (on a CPU also {','.join(CPU_ONLY_CONFIGS)})")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-train-bench"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,7 +241,8 @@ def main() -> None:
     prepare_data(args.workdir)
     write_checkpoint(shape, checkpoint)
     results = []
-    for config in args.configs.split(","):
+    configs = args.configs.split(",") if args.configs else [*CONFIGS, *(() if torch.cuda.is_available() else CPU_ONLY_CONFIGS)]
+    for config in configs:
         run = subprocess.run([sys.executable, __file__, "--child", config, "--shape", shape, "--steps", str(args.steps),
                               "--workdir", str(args.workdir)], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})

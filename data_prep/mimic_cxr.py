@@ -169,14 +169,22 @@ class Study:
 
     @property
     def name(self) -> str:
-        return f"p{self.subject[:2]}/p{self.subject}/s{self.study}"
+        return study_folder(self.subject, self.study)
+
+
+def study_folder(subject: str, study: str) -> str:
+    """The study's path under files/ (pXX/pSUBJECT/sSTUDY), as the publisher lays it out."""
+    return f"p{subject[:2]}/p{subject}/s{study}"
 
 
 def read_study(study: Study, images_per_study: int, size: int) -> tuple[list[dict], list[tuple[str, str, str]], bool]:
     """(rows, skips as (prefix, identifying name, reason), report was UTF-8). Runs in a worker process."""
     if study.report is None:
         return [], [("study ", study.name, "no report file (sSTUDY.txt under files/ or mimic-cxr-reports/files/)")], True
-    text, utf8 = decode_report(study.report.read_bytes())
+    try:
+        text, utf8 = decode_report(study.report.read_bytes())
+    except OSError as e:
+        return [], [("study ", study.name, f"unreadable report: {e.strerror or e}")], True
     if not text.strip():
         return [], [("study ", study.name, "empty report")], utf8
     sections = report_sections(text)
@@ -231,13 +239,13 @@ def list_studies(src: Path, views: list[str], report: PrepReport) -> list[Study]
                                                                            sorted(other_views.items())))
     studies = []
     for (subject, study, split), images in sorted(by_study.items()):
-        name = f"p{subject[:2]}/p{subject}/s{study}"
+        folder = study_folder(subject, study)
         if not images:
-            report.skip_hashed("study ", name, f"no {'/'.join(views)} image")
+            report.skip_hashed("study ", folder, f"no {'/'.join(views)} image")
             continue
-        reports = [src / d / f"p{subject[:2]}/p{subject}/s{study}.txt" for d in REPORT_DIRS]
+        reports = [src / d / f"{folder}.txt" for d in REPORT_DIRS]
         studies.append(Study(subject, study, split, tuple(sorted(images, key=lambda i: (views.index(i[1]), i[0]))),
-                             src / "files" / name, next((r for r in reports if r.is_file()), None)))
+                             src / "files" / folder, next((r for r in reports if r.is_file()), None)))
     return studies
 
 
@@ -403,7 +411,7 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
         split = official[s % len(official)]
         for _ in range(1 + s % 2):
             study, n = str(50000000 + int(rng.integers(0, 9_999_999))), n + 1
-            study_dir = out / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+            study_dir = out / "files" / study_folder(subject, study)
             study_dir.mkdir(parents=True)
             finding, variant = int(rng.integers(0, 3)), n % 6
             indication = _INDICATIONS[int(rng.integers(0, len(_INDICATIONS)))]
@@ -434,7 +442,7 @@ def _break_some(out: Path, rng: np.random.Generator, split_rows: list, meta_rows
     """The broken studies a real download can hold, each in a train study of its own."""
     def new_study(report: str | bytes | None, views: list[str]) -> Path:
         subject, study = str(19000000 + len(split_rows)), str(59000000 + len(split_rows))
-        study_dir = out / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        study_dir = out / "files" / study_folder(subject, study)
         study_dir.mkdir(parents=True)
         if report is not None:
             path = study_dir.parent / f"s{study}.txt"

@@ -64,6 +64,25 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
     return args
 
 
+def project_labelled_positions_only() -> None:
+    """TRL's fused LM head (its default loss path) projects through the 262k-row head only the positions that
+    carry a label on CUDA/XPU, but every position elsewhere, to keep tile shapes fixed for compilers such as
+    Neuron's. A CPU compiles nothing: there too only the labelled positions (the answer: a few tokens of ~300)
+    are projected. Same loss, a fraction of the work; it also makes CPU measurements reflect what a GPU runs.
+    TRL 1.16 decides this with `trl.trainer.utils._use_triton`; where that name is gone, nothing changes."""
+    import trl.trainer.utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None or getattr(decide, "medtune_compact", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or decide(device)
+
+    compact.medtune_compact = True
+    trl_utils._use_triton = compact
+
+
 def build_trainer(recipe: Recipe, args, precision: str):
     """(SFTTrainer, processor) for the recipe: its data, model, LoRA adapter and answer-only collator.
     Shared with benchmarks/, so that what is measured is what users run."""
@@ -73,6 +92,7 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.data import load_split
     from medtune.model import load_model, load_processor, lora_config
 
+    project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
     processor = load_processor(recipe)
     trainer = SFTTrainer(model=load_model(recipe, precision), args=args, train_dataset=train_set,

@@ -78,3 +78,33 @@ def test_inspect_marks_the_loss_tokens(small_crc, tiny_cache):
     assert "<image_soft_token>\u00d74" in text
     assert "\u27e6A: adipose<end_of_turn>\u27e7" in text or "<end_of_turn>\u27e7" in text
     assert "tokens with loss: " in text and "image tokens: 4" in text
+
+
+def test_projecting_only_labelled_positions_gives_the_same_loss_and_gradients(processor, rows):
+    """medtune.train.project_labelled_positions_only: on a CPU, TRL's fused LM head then projects only the
+    answer's positions (as it does on a GPU); the loss and the gradients are those of every position."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForImageTextToText
+
+    from medtune.train import project_labelled_positions_only
+
+    batch = build_collator(processor)(rows)
+    batch.pop("token_type_ids", None)
+    results = {}
+    original = trl_utils._use_triton
+    try:
+        for name in ("every position", "labelled only"):
+            if name == "labelled only":
+                project_labelled_positions_only()
+                assert trl_utils._use_triton(torch.device("cpu"))
+            model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint_dir())
+            trl_utils.add_fused_lm_head(model)
+            loss = model(**batch, fused_lm_head=True).loss
+            loss.backward()
+            results[name] = (loss.item(), model.model.language_model.layers[0].mlp.up_proj.weight.grad.clone())
+    finally:
+        trl_utils._use_triton = original
+    (full, full_grad), (compact, compact_grad) = results.values()
+    assert compact == pytest.approx(full, rel=1e-5)
+    assert torch.allclose(compact_grad, full_grad, rtol=1e-4, atol=1e-7)

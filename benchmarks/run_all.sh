@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every benchmark behind BENCHMARKS.md, in one command (about 10 minutes on 2 CPU cores; on a GPU the
+# training rows use MedGemma 4B's real shape):
+#   bash benchmarks/run_all.sh [OUT.md]
+# Writes the three outputs, with the machine and date each prints, to OUT.md (default benchmarks/results.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-benchmarks/results.md}"
+{
+  echo "# medtune benchmarks, $(date -u +%Y-%m-%d), $(hostname)"
+  echo; echo "## Training: reference notebook vs medtune (python benchmarks/train_throughput.py)"; echo
+  python benchmarks/train_throughput.py 2>/dev/null
+  echo; echo "## Evaluation: generation vs option scoring (python benchmarks/eval_modes.py)"; echo
+  python benchmarks/eval_modes.py 2>/dev/null
+  echo; echo "## data_prep: MIMIC-CXR image preparation (python benchmarks/image_prep.py)"; echo
+  python benchmarks/image_prep.py 2>/dev/null
+} | tee "$out"
