@@ -127,16 +127,14 @@ class MultipleChoiceTask:
     def write_figures(self, metrics: dict[str, Any], per_example: list[dict[str, Any]], out_dir: Path,
                       prefix: str) -> list[Path]:
         """The confusion matrix as a PNG (rows: truth; columns: prediction, then unparsable)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import numpy as np
+
+        from medtune.tasks import _figures
 
         cm = metrics["confusion_matrix"]
         counts = np.array(cm["counts"])
         size = 1.0 + 0.6 * len(cm["columns"])
-        fig, ax = plt.subplots(figsize=(size + 1, size))
+        fig, ax = _figures.pyplot().subplots(figsize=(size + 1, size))
         ax.imshow(counts, cmap="Blues")
         ax.set_xticks(range(len(cm["columns"])), cm["columns"], rotation=45, ha="right")
         ax.set_yticks(range(len(cm["rows"])), cm["rows"])
@@ -146,8 +144,4 @@ class MultipleChoiceTask:
         ax.set_ylabel("true")
         headline = self.table_metrics[0]
         ax.set_title(f"{self.name} — {prefix} ({headline} {metrics[headline]:.3f})")
-        fig.tight_layout()
-        path = out_dir / f"{prefix}_confusion_matrix.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [_figures.save(fig, out_dir / f"{prefix}_confusion_matrix.png")]

@@ -70,24 +70,17 @@ class ReportGenerationTask:
     def write_figures(self, metrics: dict[str, Any], per_example: list[dict[str, Any]], out_dir: Path,
                       prefix: str) -> list[Path]:
         """A histogram of per-report ROUGE-L: a few perfect copies and many failures look alike in a mean."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from medtune.tasks import _figures
 
         values = [e["rouge_l"] for e in per_example if "rouge_l" in e]
         if not values:
             return []
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = _figures.pyplot().subplots(figsize=(5, 3.5))
         ax.hist(values, bins=20, range=(0, 1), color="tab:blue")
         ax.set_xlabel("ROUGE-L per report")
         ax.set_ylabel("reports")
         ax.set_title(f"{self.name} — {prefix} (ROUGE-L {metrics['rouge_l']:.3f})")
-        fig.tight_layout()
-        path = out_dir / f"{prefix}_rouge_l.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [_figures.save(fig, out_dir / f"{prefix}_rouge_l.png")]
 
 
 class MetricUnavailable(Exception):
