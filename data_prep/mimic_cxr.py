@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import gzip
-import io
 import os
 import random
-import re
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from tqdm import tqdm
 
 from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, group_by,
                                hashed_id, id_key, read_image_resized, save_dataset, staged_output)
+from data_prep._report_sections import ReportSections, decode_report, report_sections
 from medtune.tasks import get_task
 
 TASK = get_task("report_generation")
@@ -55,74 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for split in SPLITS.values():
         parser.add_argument(f"--limit-{split}", type=int, default=None, help=f"use at most N {split} studies")
     parser.add_argument("--seed", type=int, default=42, help="which studies the limits keep")
-
-
-# ----------------------------------------------------------------------------- report sections
-# A header is an upper-case name at the start of a line, then a colon (the rule of MIT-LCP's mimic-cxr
-# section parser). Names vary; these are normalised to the sections we use, then fuzzy-matched for typos.
-_HEADER = re.compile(r"\n[ \t]*([A-Z][A-Z ()/,&-]*[A-Z)]):[ \t]*")
-_SECTION_NAMES = {
-    "indication": "indication", "indications": "indication", "reason for exam": "indication",
-    "reason for examination": "indication", "clinical indication": "indication",
-    "history": "history", "clinical history": "history", "clinical information": "history",
-    "patient history": "history",
-    "findings": "findings", "finding": "findings",
-    "impression": "impression", "impressions": "impression", "conclusion": "impression",
-    "conclusions": "impression", "findings and impression": "impression", "findings/impression": "impression",
-    "findings / impression": "impression", "impression and recommendations": "impression",
-}
-# a header that names the views ("CHEST, PA AND LATERAL:") introduces the findings in many reports
-_VIEW_HEADER = re.compile(r"\b(chest|portable|pa and lat|ap and lat|two views|frontal|lateral view|one view)")
-
-
-def section_name(header: str) -> str:
-    name = " ".join(header.lower().split())
-    if name in _SECTION_NAMES:
-        return _SECTION_NAMES[name]
-    for main in ("impression", "findings", "indication", "history", "addendum", "comparison"):
-        if main in name:
-            return main
-    if _VIEW_HEADER.search(name):
-        return "findings"
-    close = difflib.get_close_matches(name, ["impression", "findings", "indication"], n=1, cutoff=0.8)
-    return close[0] if close else name
-
-
-def split_sections(text: str) -> list[tuple[str, str]]:
-    """(normalised section name, text on one line) in report order; the text before the first header is
-    the `preamble` (the FINAL REPORT banner, sometimes a wet read)."""
-    text = "\n" + text.replace("\r\n", "\n").replace("\r", "\n")
-    headers = list(_HEADER.finditer(text))
-    bounds = [0, *(m.start() for m in headers), len(text)]
-    names = ["preamble", *(section_name(m.group(1)) for m in headers)]
-    starts = [0, *(m.end() for m in headers)]
-    return [(name, " ".join(text[start:end].split())) for name, start, end in zip(names, starts, bounds[1:])]
-
-
-@dataclass(frozen=True)
-class ReportSections:
-    indication: str
-    findings: str
-    impression: str
-
-
-def report_sections(text: str) -> ReportSections:
-    """The last non-empty INDICATION (else HISTORY), FINDINGS and IMPRESSION; empty strings when absent.
-    An addendum is never part of them."""
-    last: dict[str, str] = {}
-    for name, body in split_sections(text):
-        if body:
-            last[name] = body
-    return ReportSections(last.get("indication") or last.get("history", ""), last.get("findings", ""),
-                          last.get("impression", ""))
-
-
-def decode_report(data: bytes) -> tuple[str, bool]:
-    """(text, was_utf8). Reports are ASCII; a stray byte from an editor must not lose the study."""
-    try:
-        return data.decode("utf-8"), True
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace"), False
 
 
 # ----------------------------------------------------------------------------- CSVs
@@ -425,15 +355,14 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
                 split_rows.append((dicom_id, study, subject, split))
                 meta_rows.append((dicom_id, subject, study, view))
     _break_some(out, rng, split_rows, meta_rows, size)
-    header = ("dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"
-              "StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
-              "PatientOrientationCodeSequence_CodeMeaning")
     with gzip.open(out / SPLIT_CSV, "wt", newline="") as f:
         f.write("dicom_id,study_id,subject_id,split\n")
         f.writelines(",".join(row) + "\n" for row in split_rows)
         f.write("0badc0de-00000000,50000001\n")  # a malformed row: 2 fields of 4
     with gzip.open(out / METADATA_CSV, "wt", newline="") as f:
-        f.write(header + "\n")
+        f.write("dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"
+                "StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
+                "PatientOrientationCodeSequence_CodeMeaning\n")
         f.writelines(f"{d},{sub},{st},CHEST (PA AND LAT),{v},{size[1]},{size[0]},21800506,213014.531,"
                      f"CHEST (PA AND LAT),postero-anterior,Erect\n" for d, sub, st, v in meta_rows)
 

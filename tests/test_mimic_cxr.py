@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from data_prep.mimic_cxr import (_FINDINGS, METADATA_CSV, SPLIT_CSV, ReportSections, decode_report,
-                                 expected_sections, report_sections, synthetic_film, synthetic_report)
+from data_prep._report_sections import ReportSections, decode_report, report_sections
+from data_prep.mimic_cxr import _FINDINGS, METADATA_CSV, SPLIT_CSV, expected_sections, synthetic_film, synthetic_report
 from medtune.tasks import get_task
 from tests.conftest import REPO, run_cli
 
