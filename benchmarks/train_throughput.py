@@ -153,6 +153,17 @@ def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps:
     return trainer
 
 
+def parameter_count(checkpoint: Path) -> int:
+    """The model's parameters, counted unquantized (a 4-bit tensor reports half its count): built on the meta
+    device, so nothing is allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(checkpoint))
+    return sum(p.numel() for p in model.parameters())
+
+
 def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) -> dict:
     import torch
     from transformers import set_seed
@@ -188,7 +199,7 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
         "samples_per_s": timed_steps * BATCH * ACCUMULATION / (t1 - t0),
         "tokens_per_s": (tokens1 - tokens0) / (t1 - t0),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in model.get_base_model().parameters()),
+        "total_params": parameter_count(checkpoint),
         "adapter_mb": adapter / 2**20, "losses": timing.losses,
     }
     if torch.cuda.is_available():
