@@ -21,7 +21,7 @@ _SECTION_LABEL = re.compile(r"\b(?:FINDINGS|IMPRESSION):\s*")
 class ReportGenerationTask:
     name: str = "report_generation"
     dataset: str = "mimic_cxr"  # the data_prep reader that produces this task's data
-    credentialed: bool = True  # PhysioNet data-use agreement: images stay out of trackers by default
+    credentialed: bool = True  # PhysioNet data-use agreement: images and report text stay out of trackers
     # findings + impression run about 60-120 tokens, a few past 250; the budget bounds a model that never stops
     max_new_tokens: int = 300
     table_metrics: tuple[str, ...] = ("radgraph_f1", "rouge_l", "bleu4", "empty")  # paper's first
@@ -84,14 +84,12 @@ class ReportGenerationTask:
 
 
 class MetricUnavailable(Exception):
-    """A metric's library or model is missing: the metric is reported as unavailable, with this reason."""
+    """A metric's library or model is missing, or it failed: reported as unavailable, with this reason."""
 
 
 def _rouge_l(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError as e:
-        raise MetricUnavailable(f"rouge-score is not installed ({e}): pip install rouge-score") from e
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     each = [scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)]
     return (sum(each) / len(each) if each else 0.0), each
@@ -100,10 +98,8 @@ def _rouge_l(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
 def _bleu4(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
     """Corpus BLEU-4 (sacrebleu's standard 13a tokenisation), per report with sacrebleu's default smoothing;
     on a 0-1 scale like the other metrics."""
-    try:
-        import sacrebleu
-    except ImportError as e:
-        raise MetricUnavailable(f"sacrebleu is not installed ({e}): pip install sacrebleu") from e
+    import sacrebleu
+
     corpus = sacrebleu.corpus_bleu(hyps, [refs]).score / 100
     return corpus, [sacrebleu.sentence_bleu(h, [r]).score / 100 for r, h in zip(refs, hyps)]
 
@@ -112,7 +108,10 @@ def _radgraph_f1(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
     scorer, problem = _radgraph_scorer()
     if problem:
         raise MetricUnavailable(problem)
-    mean, each, _, _ = scorer(refs=refs, hyps=hyps)
+    try:
+        mean, each, _, _ = scorer(refs=refs, hyps=hyps)
+    except Exception as e:  # noqa: BLE001 - a scorer failure must not lose the predictions already generated
+        raise MetricUnavailable(f"radgraph failed while scoring ({type(e).__name__}: {str(e)[:200]})") from e
     return float(mean), [float(v) for v in each]
 
 
