@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- CSVs
 def read_csv(path: Path, columns: tuple[str, ...], report: PrepReport,
              may_be_empty: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """Rows of a (gzipped) CSV: `columns` must hold values, `may_be_empty` may not (MIMIC leaves some
+    """Rows of a (gzipped) CSV: `columns` must hold values, `may_be_empty` may be blank (MIMIC leaves some
     ViewPositions blank). Rows of the wrong width or with a missing value are skipped and reported."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
@@ -69,11 +69,13 @@ def read_csv(path: Path, columns: tuple[str, ...], report: PrepReport,
             missing = [c for c in (*columns, *may_be_empty) if c not in header]
             if missing:
                 raise PrepError(f"{path.name}: no column {', '.join(missing)} in its header {header[:6]}")
+            where = {c: header.index(c) for c in (*columns, *may_be_empty)}  # once, not per row
             for line, values in enumerate(reader, start=2):
-                if len(values) != len(header) or not all(values[header.index(c)].strip() for c in columns):
+                row = {c: values[i].strip() for c, i in where.items()} if len(values) == len(header) else None
+                if row is None or not all(row[c] for c in columns):
                     report.skip(f"{path.name}:{line}", "malformed CSV row")
                     continue
-                rows.append({c: values[header.index(c)].strip() for c in (*columns, *may_be_empty)})
+                rows.append(row)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise PrepError(f"cannot read {path.name} ({type(e).__name__}: {e}): download it again") from e
     return rows
