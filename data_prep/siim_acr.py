@@ -220,9 +220,10 @@ def _write_dicom(path: Path, pixels01: np.ndarray, patient: str, study: str, ser
     ds.save_as(path, enforce_file_format=True)
 
 
-def synthesize(out: Path, seed: int = 0, patients: int = 40) -> None:
+def synthesize(out: Path, seed: int = 0, patients: int = 40, image_size: int = 256) -> None:
     """Kaggle's layout: several images per patient, JPEG Baseline and uncompressed files, one MONOCHROME1,
-    one 12-bit, train-rle.csv with its original header spelling and multi-row positives, and broken files."""
+    one 12-bit, train-rle.csv with its original header spelling and multi-row positives, and broken files.
+    Films are `image_size` pixels square: small for tests, 1024 (the real files' size) for benchmarks."""
     from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
@@ -234,7 +235,7 @@ def synthesize(out: Path, seed: int = 0, patients: int = 40) -> None:
             positive = bool(rng.random() < 0.45)
             study, series, sop = (generate_uid(entropy_srcs=[f"{seed}-{p}-{i}-{k}"]) for k in ("st", "se", "sop"))
             style = "monochrome1" if (p, i) == (1, 0) else "12bit" if (p, i) == (2, 0) else styles[(p + i) % 3]
-            _write_dicom(out / IMAGE_DIR / study / series / f"{sop}.dcm", _chest(rng, positive), patient, study,
+            _write_dicom(out / IMAGE_DIR / study / series / f"{sop}.dcm", _chest(rng, positive, image_size), patient, study,
                          series, sop, style)
             if positive:  # several mask rows for one image, with the original file's leading spaces
                 rows += [(sop, " 175349 7 1013 12 1009 17"), (sop, " 207349 4 1019 6")][: 1 + i % 2]

@@ -73,9 +73,8 @@ def _evaluate(args) -> None:
         label += f" + {args.adapter}"
     name = args.name or ("adapter" if args.adapter else "base")
     task = get_task(recipe.task.name)
-    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split), task, name=name,
-                      out_dir=recipe.output_dir / "eval", batch_size=recipe.eval.batch_size,
-                      max_new_tokens=recipe.eval.max_new_tokens, model_label=label, mode=recipe.eval.mode)
+    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split), task, recipe.eval,
+                      name=name, out_dir=recipe.output_dir / "eval", model_label=label)
     if result:
         shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
         print(f"{name}: {shown}", *unavailable_notes(task, result), sep="\n")

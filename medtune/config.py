@@ -87,6 +87,9 @@ class EvalSection:
     mode: Literal["generate", "score"] = "generate"
     batch_size: int = field(default=8, metadata=_range(1))
     max_new_tokens: int | None = field(default=None, metadata=_range(1))  # None: the task's default
+    # processes that decode and preprocess the next batches' images while the model runs; 0: none (in the main
+    # process); None: on a GPU one per core the process can spare (at most 8), on a CPU none
+    num_workers: int | None = field(default=None, metadata=_range(0))
 
 
 @dataclass

@@ -20,31 +20,65 @@ def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m["role"] != "assistant"]
 
 
-def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_progress: bool):
-    """Left-padded model inputs for the prompts of `rows`, a batch at a time, on the model's device."""
-    import torch
+class PromptInputs:
+    """A DataLoader's collate_fn: rows -> left-padded model inputs. It runs in the loader's worker processes, so
+    decoding, resizing and tokenising overlap the model's work: at MedGemma's 896 px the image processor alone
+    takes ~40 ms an image on one core (benchmarks/eval_modes.md), longer than a GPU's forward pass over it."""
 
-    dtype = getattr(model, "dtype", torch.float32)
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not show_progress):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        texts = [processor.apply_chat_template(_prompt_messages(r["messages"]), add_generation_prompt=True,
-                                               tokenize=False) for r in batch]
-        inputs = processor(text=texts, images=[[r["image"].convert("RGB")] for r in batch], padding=True,
-                           padding_side="left",  # every row's next token follows its last prompt token
-                           add_special_tokens=False,  # the chat template already starts with <bos>
-                           return_tensors="pt").to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        yield inputs
+    def __init__(self, processor, pixel_dtype):
+        self.processor, self.pixel_dtype = processor, pixel_dtype
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        texts = [self.processor.apply_chat_template(_prompt_messages(r["messages"]), add_generation_prompt=True,
+                                                    tokenize=False) for r in batch]
+        inputs = self.processor(text=texts, images=[[r["image"].convert("RGB")] for r in batch], padding=True,
+                                padding_side="left",  # every row's next token follows its last prompt token
+                                add_special_tokens=False,  # the chat template already starts with <bos>
+                                return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.pixel_dtype)  # bf16 on a GPU: half to copy
+        return dict(inputs)
+
+
+def default_num_workers() -> int:
+    """Loader workers when the recipe names none. On a GPU, one per core this process can spare, at most 8:
+    they prepare the next batches while the GPU computes. On a CPU none: the model already uses every core,
+    and a worker would only take cores from it (benchmarks/eval_modes.md)."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // PartialState().num_processes - 1))
+
+
+def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_progress: bool,
+                    num_workers: int | None = None):
+    """Left-padded model inputs for the prompts of `rows`, a batch at a time, on the model's device, prepared
+    by `num_workers` loader processes (0: in this process; None: `default_num_workers()`)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    on_cuda = model.device.type == "cuda"
+    pixel_dtype = getattr(model, "dtype", torch.float32)
+    loader = DataLoader(rows, batch_size=batch_size, collate_fn=PromptInputs(processor, pixel_dtype),
+                        num_workers=default_num_workers() if num_workers is None else num_workers,
+                        pin_memory=on_cuda)  # pinned pages copy to the GPU asynchronously
+    for inputs in tqdm(loader, desc=desc, unit="batch", disable=not show_progress):
+        yield {k: v.to(model.device, non_blocking=on_cuda) if isinstance(v, torch.Tensor) else v
+               for k, v in inputs.items()}
 
 
 def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: int, desc: str,
-                     show_progress: bool = True) -> list[str]:
+                     show_progress: bool = True, num_workers: int | None = None) -> list[str]:
     """Greedy generation, batched."""
     import torch
 
     model.eval()
     answers: list[str] = []
-    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
+    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress, num_workers):
         # no_grad, not inference_mode: ZeRO-3 gathers weights during the forward, and tensors made under
         # inference_mode could never take gradients again (PEFT re-enables the adapter after the baseline)
         with torch.no_grad():
@@ -62,43 +96,49 @@ def option_first_tokens(tokenizer, task) -> list[int]:
 
 
 def score_options(model, processor, rows, option_ids: list[int], batch_size: int, desc: str,
-                  show_progress: bool = True) -> list[list[float]]:
+                  show_progress: bool = True, num_workers: int | None = None) -> list[list[float]]:
     """One forward pass over each prompt: the probability of each option's first token, renormalised over
     the options. Never unparsable, gives scores (hence AUROC), and needs no decoding loop."""
     import torch
 
     model.eval()
     scores: list[list[float]] = []
-    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress):
+    for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress, num_workers):
         with torch.no_grad():  # see generate_answers
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]  # the next-token logits only
+            # the next-token logits only, and no KV cache: nothing is decoded after this pass
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
         scores += logits[:, option_ids].float().softmax(dim=-1).tolist()
     return scores
 
 
-def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch_size: int,
-             max_new_tokens: int | None, model_label: str, mode: str = "generate") -> dict[str, Any] | None:
+def evaluate(model, processor, dataset, task, settings, *, name: str, out_dir: Path,
+             model_label: str) -> dict[str, Any] | None:
     """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
 
-    mode "generate": greedy generation, answers parsed by the task (the paper's way, the default);
-    mode "score": option scoring (classification tasks). Returns the result on the main process only.
+    `settings` is the recipe's eval section: mode "generate" is greedy generation, answers parsed by the task
+    (the paper's way, the default); mode "score" is option scoring (classification tasks). Returns the result
+    on the main process only.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     state = PartialState()
     started = time.time()
-    max_new_tokens = max_new_tokens or task.max_new_tokens
+    mode, batch_size = settings.mode, settings.batch_size
+    workers = default_num_workers() if settings.num_workers is None else settings.num_workers
+    max_new_tokens = settings.max_new_tokens or task.max_new_tokens
     desc, show = f"eval {name} ({mode})", state.is_local_main_process
     # Equal shards (the last padded with a repeat, dropped when gathering by id): under ZeRO-3 every forward is
     # collective, so all ranks must run the same number of batches.
     with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard:
         rows = dataset.select(shard) if shard else []
-        if mode == "score":
+        if not shard:
+            outputs = []
+        elif mode == "score":
             option_ids = option_first_tokens(processor.tokenizer, task)
-            outputs = score_options(model, processor, rows, option_ids, batch_size, desc, show) if shard else []
+            outputs = score_options(model, processor, rows, option_ids, batch_size, desc, show, workers)
         else:
-            outputs = generate_answers(model, processor, rows, batch_size, max_new_tokens, desc, show) if shard else []
+            outputs = generate_answers(model, processor, rows, batch_size, max_new_tokens, desc, show, workers)
         ids = list(rows["id"]) if shard else []
     gathered = gather_object(list(zip(ids, outputs)))
     state.wait_for_everyone()
@@ -130,6 +170,7 @@ def evaluate(model, processor, dataset, task, *, name: str, out_dir: Path, batch
         "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
         "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
         "decoding": {"mode": mode, "batch_size": batch_size, "processes": state.num_processes,
+                     "loader_workers": workers,
                      **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})},
     }
     result["figures"] = [p.name for p in task.write_figures(metrics, per_example, out_dir, name)]

@@ -156,9 +156,8 @@ def run(recipe: Recipe) -> str | None:
     model, results = trainer.model, {}
 
     def run_eval(name: str, label: str):
-        return evaluate(model, processor, test_set, task, name=name, out_dir=eval_dir,
-                        batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
-                        model_label=label, mode=recipe.eval.mode)
+        return evaluate(model, processor, test_set, task, recipe.eval, name=name, out_dir=eval_dir,
+                        model_label=label)
 
     if recipe.eval.finetuned:
         results["finetuned"] = run_eval("finetuned", f"{recipe.model.name_or_path} + adapter")

@@ -74,11 +74,14 @@ def test_adapter_reloads_with_plain_peft_and_reproduces_the_predictions(demo_run
 
 def test_eval_command_scores_an_adapter_like_the_training_run(demo_run):
     run = _run_dir(demo_run)
-    result = run_cli("medtune", "eval", str(run / "recipe.yaml"), "--adapter", str(run))
+    # two loader processes prepare the batches (the training run's evaluation prepared them in-process)
+    result = run_cli("medtune", "eval", str(run / "recipe.yaml"), "--adapter", str(run), "eval.num_workers=2")
     assert result.returncode == 0, result.stderr[-2000:]
-    again = json.loads((run / "eval/adapter.json").read_text())["metrics"]
-    during_training = json.loads((run / "eval/finetuned.json").read_text())["metrics"]
-    assert again == during_training
+    again = json.loads((run / "eval/adapter.json").read_text())
+    during_training = json.loads((run / "eval/finetuned.json").read_text())
+    assert again["decoding"]["loader_workers"] == 2 and during_training["decoding"]["loader_workers"] == 0
+    assert again["metrics"] == during_training["metrics"]
+    assert _predictions(run / "eval/adapter_predictions.jsonl") == _predictions(run / "eval/finetuned_predictions.jsonl")
 
 
 def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
