@@ -7,6 +7,9 @@ side by side, at MedGemma 4B's shapes with random weights, on the same data.
 count, narrow layers) on a CPU; see medgemma_shapes.py. Each configuration trains in a process of its own
 (so that peak memory is its own) for --steps optimizer steps of 4 x 4 accumulated examples, on the synthetic
 NCT-CRC-HE-100K stand-in, with the same seed and data order. The first step is warm-up and is not timed.
+Batches are prepared as each configuration prepares them: in the main process for the reference (the
+notebook sets no loader workers), by the recipe's `dataloader_num_workers` for medtune on a GPU; on a CPU in
+the main process for all, since there a worker only takes cores from the model.
 
 Configurations:
 - reference: a faithful re-implementation of Google's MedGemma fine-tuning notebook: QLoRA (NF4, double
@@ -52,16 +55,17 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per G
 
 
 # ----------------------------------------------------------------------------- measuring (in the child)
-class _CountingCollator:
-    """Counts the non-padding tokens of every batch it builds."""
+class _TokenCounter:
+    """Counts the non-padding tokens of every micro-batch the trainer trains on. It wraps the training step, in
+    this process, because the collator may run in loader worker processes."""
 
-    def __init__(self, collate):
-        self.collate, self.tokens = collate, 0
+    def __init__(self, trainer):
+        self.tokens, self._step = 0, trainer.training_step
+        trainer.training_step = self
 
-    def __call__(self, examples):
-        batch = self.collate(examples)
-        self.tokens += int(batch["attention_mask"].sum())
-        return batch
+    def __call__(self, model, inputs, *args, **kwargs):
+        self.tokens += int(inputs["attention_mask"].sum())
+        return self._step(model, inputs, *args, **kwargs)
 
 
 def _timing_callback(counter):
@@ -146,8 +150,10 @@ def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps:
     recipe = load_recipe(REPO / f"recipes/tissue_classification/{method}.yaml", [
         f"model.name_or_path={checkpoint}", f"data.path={data}", "data.max_train_samples=null",
         f"training.output_dir={out}", f"training.max_steps={steps}", "training.logging_steps=1",
-        "training.save_strategy=no", "training.eval_strategy=no", "training.dataloader_num_workers=0",
-        "tracking.backend=none", *overrides])
+        "training.save_strategy=no", "training.eval_strategy=no", "tracking.backend=none",
+        # on a GPU the recipe's loader workers prepare batches while it computes; on a CPU they would only
+        # take cores from the model
+        *([] if torch.cuda.is_available() else ["training.dataloader_num_workers=0"]), *overrides])
     precision = resolve_precision(recipe.model.precision)
     trainer, _ = build_trainer(recipe, sft_config(recipe, precision, not torch.cuda.is_available()), precision)
     return trainer
@@ -182,8 +188,7 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
                                     if variant else []))
     if variant == "every-position":
         trl_utils._use_triton = trl_default  # TRL's own choice: on a CPU, every position
-    counter = _CountingCollator(trainer.data_collator)
-    trainer.data_collator = counter
+    counter = _TokenCounter(trainer)
     timing = _timing_callback(counter)
     trainer.add_callback(timing)
     if torch.cuda.is_available():
