@@ -136,7 +136,8 @@ def main() -> None:
     shaped_processor = AutoProcessor.from_pretrained(checkpoint)
     print(f"\nMedGemma shape `{shape}` (random weights, vocabulary 262,208, 256 image tokens per image, "
           f"{shaped_processor.image_processor.size['height']} px), loaded by recipes/pneumothorax/{args.method}.yaml "
-          f"({model.dtype}, attention {recipe.model.attn_implementation}):\n")
+          f"({model.dtype}; attention: language model {recipe.model.attn_implementation}, vision tower "
+          f"{recipe.model.vision_attn_implementation}):\n")
     print("| mode | new tokens | loader workers | s | images/s | time vs scoring |")
     print("|---|---|---|---|---|---|")
     rows = []

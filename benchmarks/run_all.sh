@@ -12,6 +12,8 @@ out="${1:-benchmarks/results.md}"
   python benchmarks/train_throughput.py 2>/dev/null
   echo; echo "## Evaluation: generation vs option scoring (python benchmarks/eval_modes.py)"; echo
   python benchmarks/eval_modes.py 2>/dev/null
+  echo; echo "## The vision tower's attention: eager vs SDPA (python benchmarks/vision_attention.py)"; echo
+  python benchmarks/vision_attention.py 2>/dev/null
   echo; echo "## data_prep: MIMIC-CXR image preparation (python benchmarks/image_prep.py)"; echo
   python benchmarks/image_prep.py 2>/dev/null
 } | tee "$out"

@@ -74,6 +74,13 @@ def quantization_config(recipe: Recipe, precision: str):
     )
 
 
+def attention_implementations(recipe: Recipe) -> dict[str, str]:
+    """transformers' per-sub-model form: the language model's attention ("" is the top-level config, whose
+    setting the decoder's masks follow) and the vision tower's."""
+    text = recipe.model.attn_implementation
+    return {"": text, "text_config": text, "vision_config": recipe.model.vision_attn_implementation}
+
+
 def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
     """The base model. `quantize` defaults to the recipe's choice; export's merge loads it unquantized."""
     import torch
@@ -83,7 +90,7 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
 
     quantize = recipe.quantization.load_in_4bit if quantize is None else quantize
     kwargs = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32,
-              "attn_implementation": recipe.model.attn_implementation, "revision": recipe.model.revision}
+              "attn_implementation": attention_implementations(recipe), "revision": recipe.model.revision}
     if quantize:
         kwargs["quantization_config"] = quantization_config(recipe, precision)
     if not is_deepspeed_zero3_enabled():

@@ -58,3 +58,18 @@ def test_vision_side_can_be_adapted_on_request(small_crc, option):
         assert any("vision_tower" in t for t in _lora_modules(model))
     else:
         assert any("multi_modal_projector" in n for n in trainable)
+
+
+def test_the_vision_tower_attends_with_sdpa_and_sees_what_eager_sees(small_crc):
+    recipe = _recipe(small_crc, "quantization.load_in_4bit=false")
+    model = load_model(recipe, "fp32")
+    assert model.model.vision_tower.config._attn_implementation == "sdpa"
+    assert model.model.language_model.config._attn_implementation == "eager"  # the recipe's, for Gemma 3
+    eager = load_model(_recipe(small_crc, "quantization.load_in_4bit=false", "model.vision_attn_implementation=eager"),
+                       "fp32")
+    assert eager.model.vision_tower.config._attn_implementation == "eager"
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.vision_tower(pixel_values=pixels).last_hidden_state,
+                                   eager.model.vision_tower(pixel_values=pixels).last_hidden_state)
