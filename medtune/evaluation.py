@@ -1,18 +1,22 @@
 """Evaluate a model (base or with its adapter) on a split: greedy, batched generation with left padding,
 answers parsed by the task, metrics from the task (scikit-learn), files under OUTPUT_DIR/eval/.
 
-Every rank generates its share of the split; the main process gathers, scores and writes, once.
+Every rank generates its share of the split, its batches prepared by DataLoader workers while the model
+runs; the main process gathers, scores and writes, once.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from medtune.errors import MedtuneError
+
+if TYPE_CHECKING:
+    from medtune.config import EvalSection
 
 
 def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -23,7 +27,7 @@ def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class PromptInputs:
     """A DataLoader's collate_fn: rows -> left-padded model inputs. It runs in the loader's worker processes, so
     decoding, resizing and tokenising overlap the model's work: at MedGemma's 896 px the image processor alone
-    takes ~40 ms an image on one core (benchmarks/eval_modes.md), longer than a GPU's forward pass over it."""
+    takes ~45 ms an image on one core (benchmarks/eval_modes.md), longer than a GPU's forward pass over it."""
 
     def __init__(self, processor, pixel_dtype):
         self.processor, self.pixel_dtype = processor, pixel_dtype
@@ -111,7 +115,7 @@ def score_options(model, processor, rows, option_ids: list[int], batch_size: int
     return scores
 
 
-def evaluate(model, processor, dataset, task, settings, *, name: str, out_dir: Path,
+def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: str, out_dir: Path,
              model_label: str) -> dict[str, Any] | None:
     """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
 

@@ -75,8 +75,8 @@ def quantization_config(recipe: Recipe, precision: str):
 
 
 def attention_implementations(recipe: Recipe) -> dict[str, str]:
-    """transformers' per-sub-model form: the language model's attention ("" is the top-level config, whose
-    setting the decoder's masks follow) and the vision tower's."""
+    """transformers' per-sub-config form: the language model's attention (also the top-level config's, "")
+    and the vision tower's."""
     text = recipe.model.attn_implementation
     return {"": text, "text_config": text, "vision_config": recipe.model.vision_attn_implementation}
 
