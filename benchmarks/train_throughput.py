@@ -49,7 +49,7 @@ CONFIGS = ("reference", "medtune-qlora", "medtune-lora")
 CPU_ONLY_CONFIGS = ("medtune-lora+every-position",)
 # a variant of a medtune configuration, `medtune-lora+sdpa`: recipe overrides to try a change
 VARIANTS = {"sdpa": ["model.attn_implementation=sdpa"], "no-checkpointing": ["training.gradient_checkpointing=false"],
-            "every-position": []}
+            "eager-vision": ["model.vision_attn_implementation=eager"], "every-position": []}
 BATCH, ACCUMULATION = 4, 4
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU (NVIDIA datasheets)
 
