@@ -107,9 +107,8 @@ def main() -> None:
     print("| loader workers | s | images/s |")
     print("|---|---|---|")
     for n in sorted({0, 1, 2, workers}):
-        loader = lambda n=n: list(DataLoader(test, batch_size=args.batch_size, num_workers=n,  # noqa: E731
-                                             collate_fn=PromptInputs(real_processor, torch.bfloat16)))
-        seconds = timed(loader)
+        seconds = timed(lambda n=n: list(DataLoader(test, batch_size=args.batch_size, num_workers=n,
+                                                    collate_fn=PromptInputs(real_processor, torch.bfloat16))))
         print(f"| {n} | {seconds:.2f} | {len(test) / seconds:.1f} |")
 
     # ------------------------------------------------------------------ 2. the tiny model
