@@ -25,6 +25,9 @@ HUB_FILES = [  # what an upload may contain
 ]
 
 
+EVAL_MODES = {"generate": "greedy decoding", "score": "option scoring"}  # how the table's figures were made
+
+
 def model_card(recipe: Recipe, out_dir: Path) -> str:
     task = get_task(recipe.task.name)
     method = "QLoRA" if recipe.quantization.load_in_4bit else "LoRA"
@@ -50,7 +53,7 @@ def model_card(recipe: Recipe, out_dir: Path) -> str:
 A {method} adapter for `{recipe.model.name_or_path}`, fine-tuned with
 [medtune](https://github.com/) on **{task.name}**.
 
-## Evaluation ({recipe.eval.split} split, greedy decoding)
+## Evaluation ({recipe.eval.split} split, {EVAL_MODES[recipe.eval.mode]})
 
 {table}
 ## Data

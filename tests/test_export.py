@@ -67,3 +67,12 @@ def test_the_hub_token_is_in_no_file_a_run_writes(demo_run):
     leaked = [p for p in workdir.rglob("*") if p.is_file() and PLANTED_TOKEN.encode() in p.read_bytes()]
     assert leaked == []
     assert PLANTED_TOKEN not in demo_run[1].stdout + demo_run[1].stderr
+
+
+def test_the_model_card_says_how_the_figures_were_made(demo_run):
+    from medtune.config import load_recipe
+
+    run = demo_run[0] / "run-lora"
+    assert "(test split, greedy decoding)" in (run / "README.md").read_text()
+    scored = load_recipe(run / "recipe.yaml", ["eval.mode=score"])
+    assert "(test split, option scoring)" in export.model_card(scored, run)
