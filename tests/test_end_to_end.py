@@ -130,11 +130,12 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
                                             ("deepspeed_zero2", "lora"), ("deepspeed_zero3", "lora")])
 def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, small_crc, tmp_path):
     """DDP (LoRA and QLoRA), ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo):
-    one complete adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation."""
+    one complete adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation.
+    The ranks' batches come from loader workers, the single process's from itself."""
     run = tmp_path / config
     result = run_cli("accelerate", "launch", "--config_file", f"accelerate_configs/{config}.yaml", "--num_processes",
                      "2", "medtune/train.py", "recipes/demo/tissue_classification.yaml",
-                     f"quantization.load_in_4bit={method == 'qlora'}",
+                     f"quantization.load_in_4bit={method == 'qlora'}", "eval.num_workers=1",
                      f"data.path={small_crc / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = json.loads((run / "run_info.json").read_text())
@@ -144,7 +145,7 @@ def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, smal
     assert distributed["finetuned"]["decoding"]["processes"] == 2 and distributed["finetuned"]["n"] == 18
     assert result.stdout.count("| task | metric | out-of-box | fine-tuned |") == 1  # written once
     for name, adapter in (("single", ["--adapter", str(run)]), ("single_base", [])):
-        single = run_cli("medtune", "eval", str(run / "recipe.yaml"), *adapter, "--name", name)
+        single = run_cli("medtune", "eval", str(run / "recipe.yaml"), *adapter, "--name", name, "eval.num_workers=0")
         assert single.returncode == 0, single.stderr[-2000:]
     assert _predictions(run / "eval/single_predictions.jsonl") == _predictions(run / "eval/finetuned_predictions.jsonl")
     assert _predictions(run / "eval/single_base_predictions.jsonl") == \
