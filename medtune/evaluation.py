@@ -71,8 +71,7 @@ def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_pro
                         num_workers=default_num_workers() if num_workers is None else num_workers,
                         pin_memory=on_cuda)  # pinned pages copy to the GPU asynchronously
     for inputs in tqdm(loader, desc=desc, unit="batch", disable=not show_progress):
-        yield {k: v.to(model.device, non_blocking=on_cuda) if isinstance(v, torch.Tensor) else v
-               for k, v in inputs.items()}
+        yield {k: v.to(model.device, non_blocking=on_cuda) for k, v in inputs.items()}  # all tensors
 
 
 def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: int, desc: str,
