@@ -2,11 +2,13 @@
 side by side, at MedGemma 4B's shapes with random weights, on the same data.
 
     python benchmarks/train_throughput.py [--shape auto|real|scaled] [--steps 4] [--workdir /tmp/medtune-train-bench]
+    python benchmarks/train_throughput.py --configs sweep          # on a GPU: every variant below, side by side
 
 `--shape auto`: MedGemma 4B's real architecture on a GPU, the scaled one (real vocabulary and image-token
 count, narrow layers) on a CPU; see medgemma_shapes.py. Each configuration trains in a process of its own
-(so that peak memory is its own) for --steps optimizer steps of 4 x 4 accumulated examples, on the synthetic
-NCT-CRC-HE-100K stand-in, with the same seed and data order. The first step is warm-up and is not timed.
+(so that peak memory is its own) for --steps optimizer steps of 16 examples (micro-batch x accumulation: the
+recipe's 16 x 1, the notebook's 4 x 4), on the synthetic NCT-CRC-HE-100K stand-in, with the same seed and
+data order. The first step is warm-up and is not timed.
 Batches are prepared as each configuration prepares them: in the main process for the reference (the
 notebook sets no loader workers), by the recipe's `dataloader_num_workers` for medtune on a GPU; on a CPU in
 the main process for all, since there a worker only takes cores from the model.
@@ -18,16 +20,20 @@ Configurations:
   padding and image tokens), batch 4 x 4, gradient checkpointing, lr 2e-4, clipping 0.3.
 - medtune-qlora / medtune-lora: recipes/tissue_classification/{qlora,lora}.yaml run through medtune's own
   trainer builder (medtune.train.build_trainer): what `medtune train` runs.
-- medtune-lora+every-position (CPU only): the same without medtune.train.project_labelled_positions_only,
-  i.e. TRL's CPU default of projecting every position through the 262k-row LM head: what that change buys,
-  and that the loss curve does not move.
+- medtune-METHOD+VARIANT[+VARIANT...]: the recipe with the variants' overrides (VARIANTS below), e.g.
+  `medtune-lora+no-checkpointing+8x2`. Two variants undo a medtune change, to show what it buys:
+  `tower-in-autograd` (the frozen vision tower recorded by autograd, as TRL + PEFT's input-gradient hooks leave
+  it) and `every-position` (CPU only: TRL's CPU default of projecting every position through the 262k-row
+  LM head). `medtune-lora+4x4+eager+tower-in-autograd` is the LoRA recipe as it was before issue 14.
 On a CPU every configuration projects only labelled positions, as TRL does on a GPU, so that the CPU
 figures stand for what a GPU runs.
 
 Columns: samples/s, tokens/s (non-padding tokens), peak memory (GPU: torch's peak allocation; CPU: the
 process's peak resident set), trainable parameters, adapter size on disk, and on a GPU the model FLOPs
 utilisation (6 x parameters x tokens per second, against the GPU's dense bf16 peak). The per-step losses of
-each configuration are printed too.
+each configuration are printed too, and for a variant the largest difference from its plain recipe's losses
+(a variant must train the same). A configuration that fails is listed with its last error line; the others
+still run.
 """
 from __future__ import annotations
 
@@ -47,10 +53,25 @@ CONFIGS = ("reference", "medtune-qlora", "medtune-lora")
 # On a CPU also medtune's LoRA recipe with TRL's CPU behaviour: every position through the LM head (on a GPU
 # TRL projects only the labelled ones anyway, so there the row would repeat medtune-lora)
 CPU_ONLY_CONFIGS = ("medtune-lora+every-position",)
-# a variant of a medtune configuration, `medtune-lora+sdpa`: recipe overrides to try a change
-VARIANTS = {"sdpa": ["model.attn_implementation=sdpa"], "no-checkpointing": ["training.gradient_checkpointing=false"],
-            "eager-vision": ["model.vision_attn_implementation=eager"], "every-position": []}
-BATCH, ACCUMULATION = 4, 4
+# Variants of a medtune configuration, chained with "+" (`medtune-lora+no-checkpointing+8x2`): recipe overrides,
+# what a user would set. The last two are for measuring only: they undo a medtune change to show what it buys.
+VARIANTS = {
+    "eager": ["model.attn_implementation=eager"],  # the language model's attention before SDPA
+    "eager-vision": ["model.vision_attn_implementation=eager"],
+    "4x4": ["training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=4"],  # the old batching
+    "8x2": ["training.per_device_train_batch_size=8", "training.gradient_accumulation_steps=2"],
+    "no-checkpointing": ["training.activation_checkpointing=false"],
+    "half-checkpointing": ["training.activation_checkpointing_kwargs={use_reentrant: false, every_n_layers: 2}"],
+    "liger": ["training.use_liger_kernel=true"],  # Liger's RMSNorm, GeGLU and rotary kernels (CUDA only)
+    "compile": ["model.compile_decoder_layers=true"],
+    "tower-in-autograd": [],  # the frozen vision tower recorded by autograd, as before medtune kept it out
+    "every-position": [],  # TRL's CPU default: every position through the LM head
+}
+# `--configs sweep`: what medtune changed and what might go further, side by side, in one GPU run (~10 minutes)
+SWEEP = ("reference", "medtune-lora+4x4+eager+tower-in-autograd", "medtune-lora", "medtune-qlora",
+         "medtune-lora+eager", "medtune-lora+no-checkpointing+8x2", "medtune-lora+half-checkpointing",
+         "medtune-lora+liger", "medtune-lora+compile")
+REFERENCE_BATCH, REFERENCE_ACCUMULATION = 4, 4  # the notebook's
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU (NVIDIA datasheets)
 
 
@@ -128,8 +149,8 @@ def reference_trainer(checkpoint: Path, data: Path, out: Path, steps: int):
         batch["labels"] = labels
         return batch
 
-    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH,
-                     gradient_accumulation_steps=ACCUMULATION, gradient_checkpointing=True,
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=REFERENCE_BATCH,
+                     gradient_accumulation_steps=REFERENCE_ACCUMULATION, gradient_checkpointing=True,
                      optim="adamw_torch_fused", logging_steps=1, save_strategy="no", eval_strategy="no",
                      learning_rate=2e-4, bf16=on_gpu, max_grad_norm=0.3, warmup_steps=0.03,
                      lr_scheduler_type="linear", report_to="none", gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -174,6 +195,7 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
     import torch
     from transformers import set_seed
 
+    from medtune.model import VISION_TOWER
     from medtune.train import project_labelled_positions_only
 
     import trl.trainer.utils as trl_utils
@@ -182,12 +204,14 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
     set_seed(42)
     # As TRL does on a GPU, for every configuration: only labelled positions go through the LM head
     project_labelled_positions_only()
-    name, _, variant = config.partition("+")
+    name, *variants = config.split("+")
     trainer = (reference_trainer(checkpoint, data, out, steps) if name == "reference"
-               else medtune_trainer(name.removeprefix("medtune-"), checkpoint, data, out, steps, VARIANTS[variant]
-                                    if variant else []))
-    if variant == "every-position":
+               else medtune_trainer(name.removeprefix("medtune-"), checkpoint, data, out, steps,
+                                    [o for v in variants for o in VARIANTS[v]]))
+    if "every-position" in variants:
         trl_utils._use_triton = trl_default  # TRL's own choice: on a CPU, every position
+    if "tower-in-autograd" in variants:  # without medtune's routing of the tower's forward, the class's runs
+        del trainer.model.get_base_model().get_submodule(VISION_TOWER).forward
     counter = _TokenCounter(trainer)
     timing = _timing_callback(counter)
     trainer.add_callback(timing)
@@ -199,9 +223,10 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
     trainer.save_model(str(out / "adapter"))
     adapter = sum(p.stat().st_size for p in (out / "adapter").glob("adapter_model*"))
     model = trainer.model
+    batch, accumulation = trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps
     result = {
-        "config": config, "steps_timed": timed_steps,
-        "samples_per_s": timed_steps * BATCH * ACCUMULATION / (t1 - t0),
+        "config": config, "steps_timed": timed_steps, "batch": f"{batch} x {accumulation}",
+        "samples_per_s": timed_steps * batch * accumulation / (t1 - t0),
         "tokens_per_s": (tokens1 - tokens0) / (t1 - t0),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": parameter_count(checkpoint),
@@ -237,7 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["auto", "real", "scaled"], default="auto")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per configuration (the first untimed)")
-    parser.add_argument("--configs", help=f"default: {','.join(CONFIGS)} (on a CPU also {','.join(CPU_ONLY_CONFIGS)})")
+    parser.add_argument("--configs", help=f"comma-separated; default: {','.join(CONFIGS)} (on a CPU also "
+                        f"{','.join(CPU_ONLY_CONFIGS)}); `sweep`: {','.join(SWEEP)}. Variants: {', '.join(VARIANTS)}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-train-bench"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,32 +277,57 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    configs = (SWEEP if args.configs == "sweep" else args.configs.split(",") if args.configs
+               else [*CONFIGS, *(() if torch.cuda.is_available() else CPU_ONLY_CONFIGS)])
+    for config in configs:
+        name, *variants = config.split("+")
+        unknown = [v for v in variants if v not in VARIANTS] + ([] if name in CONFIGS else [name])
+        if unknown or (name == "reference" and variants):
+            parser.error(f"{config}: unknown {', '.join(unknown) or 'variant of the reference'}")
+
     from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare_data(args.workdir)
     write_checkpoint(shape, checkpoint)
-    results = []
-    configs = args.configs.split(",") if args.configs else [*CONFIGS, *(() if torch.cuda.is_available() else CPU_ONLY_CONFIGS)]
+    results, failures = [], {}
     for config in configs:
         run = subprocess.run([sys.executable, __file__, "--child", config, "--shape", shape, "--steps", str(args.steps),
                               "--workdir", str(args.workdir)], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{config} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+        if line is None:  # one failed variant (a kernel missing, out of memory) must not cost the other rows
+            failures[config] = (run.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            print(f"{config} failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}", file=sys.stderr)
+            continue
         results.append(json.loads(line[len("RESULT "):]))
+    if not results:
+        sys.exit("every configuration failed (see above)")
+    print_table(results, failures, shape, args.steps)
+
+
+def print_table(results: list[dict], failures: dict[str, str], shape: str, steps: int) -> None:
+    import torch
 
     print(f"date: {time.strftime('%Y-%m-%d')}; device: {results[0]['device']}; shape: {shape}; torch "
           f"{torch.__version__}; python {platform.python_version()}")
-    print(f"batch {BATCH} x accumulation {ACCUMULATION}; {args.steps} optimizer steps each, the first untimed\n")
-    print("| configuration | samples/s | tokens/s | vs reference | peak memory GB | trainable params | adapter MB | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
-    base = results[0]["samples_per_s"]
+    print(f"{steps} optimizer steps each, the first untimed; batch = micro-batch x accumulation\n")
+    print("| configuration | batch | samples/s | tokens/s | vs reference | peak memory GB | trainable params | "
+          "adapter MB | MFU | loss vs plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    by_config = {r["config"]: r for r in results}
+    base = by_config.get("reference", results[0])["samples_per_s"]
     for r in results:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
-        print(f"| {r['config']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['samples_per_s'] / base:.2f}x | "
-              f"{r['peak_memory_gb']:.2f} | {r['trainable_params'] / 1e6:.1f} M | {r['adapter_mb']:.1f} | {mfu} |")
+        # a variant must train the same: its largest per-step loss difference from the plain recipe's row
+        plain = by_config.get(r["config"].split("+")[0])
+        same = (f"{max(abs(a - b) for a, b in zip(r['losses'], plain['losses'])):.4f}"
+                if plain is not None and plain is not r and r["losses"] else "—")
+        print(f"| {r['config']} | {r['batch']} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+              f"{r['samples_per_s'] / base:.2f}x | {r['peak_memory_gb']:.2f} | {r['trainable_params'] / 1e6:.1f} M | "
+              f"{r['adapter_mb']:.1f} | {mfu} | {same} |")
+    for config, why in failures.items():
+        print(f"| {config} | failed: {why} |")
     print("\nloss per optimizer step (the reference's loss covers the prompt too, medtune's the answer only):\n")
     for r in results:
         print(f"- {r['config']}: {r['losses']}")

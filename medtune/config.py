@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import re
 import types
 import typing
@@ -44,11 +45,16 @@ class ModelSection:
     name_or_path: str = "google/medgemma-4b-it"  # or `tiny`: a tiny random MedGemma-shaped model, offline
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a bf16-capable GPU, else fp32
-    attn_implementation: Literal["eager", "sdpa"] = "eager"  # the language model's; Google recommends eager for
-    # Gemma 3 training. The vision tower's: 4096 patches per 896 px image, where eager attention materialises a
-    # 4096 x 4096 score matrix per head (benchmarks/vision_attention.md, on a CPU: SDPA 2.2x faster with 22% of
-    # the memory, the same features to 1e-6)
+    # The language model's attention. SDPA: Gemma 3 has no attention soft-capping (Gemma 2's reason for eager), the
+    # loss is the same (tests/test_training_step.py) and an H100 trains faster with it (BENCHMARKS.md).
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    # The vision tower's: 4096 patches per 896 px image, where eager attention materialises a 4096 x 4096 score
+    # matrix per head (benchmarks/vision_attention.md, on a CPU: SDPA 2.2x faster with 22% of the memory, the
+    # same features to 1e-6)
     vision_attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    # torch.compile each decoder layer (fuses norms, GeGLU, rotary and residual adds); the first steps compile.
+    # Off until a GPU measurement shows it faster (benchmarks/train_throughput.py, variant +compile)
+    compile_decoder_layers: bool = False
 
 
 @dataclass
@@ -129,6 +135,9 @@ _OWNED_ELSEWHERE = {
     "hub_token": "a token would be saved with the recipe: set HF_TOKEN or run `hf auth login` instead",
     "assistant_only_loss": "medtune always trains on the answer only (DESIGN.md)",
 }
+# transformers 5.24 renamed these; when both names are set the new one wins silently, so the old one is refused
+_RENAMED = {"gradient_checkpointing": "activation_checkpointing",
+            "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 _TRAINING_DEFAULTS = {"output_dir": None}
 
 
@@ -310,12 +319,18 @@ def _build_training(raw: Any) -> dict[str, Any]:
     for key, value in raw.items():
         if key in _OWNED_ELSEWHERE:
             raise RecipeError(f"training.{key}", f"not settable here: {_OWNED_ELSEWHERE[key]}")
+        if key in _RENAMED:
+            raise RecipeError(f"training.{key}", f"renamed: use training.{_RENAMED[key]} (transformers 5.24 "
+                                                 "deprecates the old name and ignores it when the new one is set)")
         if key not in fields:
             raise RecipeError(f"training.{key}", f"not an SFTConfig field{_suggest(key, fields)}")
         _check_value(f"training.{key}", value, fields[key].kinds, None, _TRAINING_RANGES.get(key, {}))
     training = {**_TRAINING_DEFAULTS, **raw}
     if not training["output_dir"]:
         raise RecipeError("training.output_dir", "missing: where checkpoints, the adapter and eval/ go")
+    if training.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        raise RecipeError("training.use_liger_kernel", "needs liger-kernel, whose Triton kernels run on a CUDA GPU: "
+                                                       "pip install 'medtune[liger]', or set it false")
     if training.get("learning_rate") == 0:
         raise RecipeError("training.learning_rate", "0 trains nothing: use e.g. 2.0e-4")
     return training

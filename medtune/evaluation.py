@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, explain_out_of_memory
 
 if TYPE_CHECKING:
     from medtune.config import EvalSection
@@ -133,7 +133,8 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     desc, show = f"eval {name} ({mode})", state.is_local_main_process
     # Equal shards (the last padded with a repeat, dropped when gathering by id): under ZeRO-3 every forward is
     # collective, so all ranks must run the same number of batches.
-    with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard:
+    with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard, \
+            explain_out_of_memory("evaluating", f"lower eval.batch_size (now {batch_size})"):
         rows = dataset.select(shard) if shard else []
         if not shard:
             outputs = []

@@ -1,14 +1,19 @@
 """Load MedGemma (or the tiny offline stand-in) with its processor, in the recipe's precision, optionally in
-4 bits for QLoRA, and describe the LoRA adapter to train."""
+4 bits for QLoRA; describe the LoRA adapter to train; set up the forward pass for training speed (the frozen
+vision tower out of autograd, optionally compiled decoder layers)."""
 from __future__ import annotations
+
+import functools
 
 from medtune.config import Recipe
 from medtune.errors import MedtuneError
 from medtune.tiny import TINY_NAME, tiny_checkpoint_dir
 
+VISION_TOWER = "model.vision_tower"  # SigLIP, in Gemma 3's module tree
+DECODER_LAYERS = "model.language_model.layers"
 # Kept in full precision under QLoRA: quantizing the vision tower and projector hurts image features, and
 # lm_head is tied to the embeddings. Names match from the start of the module path (DESIGN.md).
-QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+QLORA_SKIP_MODULES = [VISION_TOWER, "model.multi_modal_projector", "lm_head"]
 VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # SigLIP's linear layers
 
 
@@ -115,3 +120,69 @@ def lora_config(recipe: Recipe):
         # the projector is a bare weight matrix (no nn.Linear for LoRA): it is trained whole when asked
         modules_to_save=["multi_modal_projector"] if lora.train_projector else None,
     )
+
+
+def _route_forward(module, marker: str, choose) -> None:
+    """Replace `module`'s forward on the instance by `choose(forward)(*args, **kwargs)` at every call.
+
+    The instance's `forward`, not the module, is replaced: state-dict names, quantization skip lists, PEFT's
+    module lookups and DeepSpeed's parameter hooks (which run in `__call__`, around `forward`) are untouched.
+    `marker` makes it idempotent (a model reused by several trainers is wrapped once)."""
+    forward = module.forward
+    if getattr(forward, marker, False):
+        return
+
+    @functools.wraps(forward)
+    def routed(*args, **kwargs):
+        return choose(forward)(*args, **kwargs)
+
+    setattr(routed, marker, True)
+    module.forward = routed
+
+
+def keep_frozen_vision_tower_out_of_autograd(model) -> None:
+    """Run the vision tower without recording for autograd whenever none of its parameters trains.
+
+    Why: with gradient checkpointing on a PEFT model, TRL and PEFT call `enable_input_require_grads()`, which
+    since transformers 5 hooks the input embeddings of every sub-model, SigLIP's patch embedding included. The
+    frozen 400M-parameter tower (4,096 patches per 896 px image) is then recorded, checkpointed, recomputed and
+    back-propagated for a gradient nobody uses: 3.7x the step time on an H100 (BENCHMARKS.md). Without
+    recording its output has no `grad_fn`; the projector after it still trains when asked
+    (`lora.train_projector`), and the language model's own embeddings keep their hook, which reentrant
+    checkpointing (forced by TRL under ZeRO-3) needs.
+
+    Decided at each call from the tower's parameters as they are then, so LoRA that PEFT adds inside the tower
+    later (`lora.adapt_vision_tower`) keeps it in autograd.
+    """
+    import torch
+
+    try:
+        tower = model.get_submodule(VISION_TOWER)
+    except AttributeError:  # a text-only model: no tower
+        return
+
+    def choose(forward):
+        if torch.is_grad_enabled() and not any(p.requires_grad for p in tower.parameters()):
+            return torch.no_grad()(forward)
+        return forward
+
+    _route_forward(tower, "medtune_frozen_tower", choose)
+
+
+def compile_decoder_layers(model) -> None:
+    """`model.compile_decoder_layers`: torch.compile each decoder layer for the training steps.
+
+    Layer by layer rather than the whole model: the vision tower, the masks and the fused loss stay outside the
+    compiled graphs, and each layer's LoRA and checkpointing (a higher-order op that Dynamo traces) are
+    compiled with it. Only training steps run compiled: evaluation (eval mode, no
+    gradients) generates with a growing KV cache, whose shapes would recompile at every new length."""
+    import torch
+
+    for layer in model.get_submodule(DECODER_LAYERS):
+        # sequence lengths vary from batch to batch: dynamic shapes from the start
+        compiled = torch.compile(layer.forward, dynamic=True)
+
+        def choose(forward, layer=layer, compiled=compiled):
+            return compiled if layer.training and torch.is_grad_enabled() else forward
+
+        _route_forward(layer, "medtune_compiled", choose)

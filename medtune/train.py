@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 
 from medtune.config import Recipe, load_recipe  # noqa: E402  (light: no torch)
-from medtune.errors import MedtuneError  # noqa: E402
+from medtune.errors import MedtuneError, RankLocalError, explain_out_of_memory  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +64,22 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
     return args
 
 
+def training_memory_advice(args) -> str:
+    """What to change when training runs out of memory, with the values in force."""
+    batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    advice = (f"halve training.per_device_train_batch_size (now {batch}) and double "
+              f"training.gradient_accumulation_steps (now {accumulation}), which keeps the effective batch")
+    every_n_layers = (args.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
+    if not args.activation_checkpointing:
+        advice += ", or set training.activation_checkpointing=true"
+    elif every_n_layers > 1:
+        advice += (f", or checkpoint every layer (training.activation_checkpointing_kwargs has every_n_layers: "
+                   f"{every_n_layers}; make it 1)")
+    else:
+        advice += " (training.activation_checkpointing is on already)"
+    return advice + f"; in validation, lower training.per_device_eval_batch_size (now {args.per_device_eval_batch_size})"
+
+
 def project_labelled_positions_only() -> None:
     """TRL's fused LM head (its default loss path) projects through the 262k-row head only the positions that
     carry a label on CUDA/XPU, but every position elsewhere, to keep tile shapes fixed for compilers such as
@@ -90,16 +106,39 @@ def build_trainer(recipe: Recipe, args, precision: str):
 
     from medtune.collator import build_collator
     from medtune.data import load_split
-    from medtune.model import load_model, load_processor, lora_config
+    from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
+                               load_processor, lora_config)
 
     project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
     processor = load_processor(recipe)
-    trainer = SFTTrainer(model=load_model(recipe, precision), args=args, train_dataset=train_set,
+    model = load_model(recipe, precision)
+    keep_frozen_vision_tower_out_of_autograd(model)
+    if recipe.model.compile_decoder_layers:
+        compile_decoder_layers(model)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
                          eval_dataset=validation_set if args.eval_strategy != "no" else None,
                          processing_class=processor, data_collator=build_collator(processor, args.max_length),
                          peft_config=lora_config(recipe))
+    # TRL 1.16 edits `gradient_checkpointing_kwargs` (it forces reentrant checkpointing under ZeRO-3, which PEFT
+    # needs there), but transformers 5.24 made that a deprecated alias of `activation_checkpointing_kwargs`, the
+    # one its Trainer reads, and TRL may have put a new dict under the old name: carry TRL's edit over.
+    args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs
     return trainer, processor
+
+
+def describe_training(args, recipe: Recipe, processes: int) -> str:
+    """One line with the speed settings in force, as the Trainer will apply them."""
+    batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    line = (f"training: micro-batch {batch} x accumulation {accumulation} x {processes} process(es) = effective "
+            f"batch {batch * accumulation * processes}; attention {recipe.model.attn_implementation} (vision tower "
+            f"{recipe.model.vision_attn_implementation}); activation checkpointing ")
+    if not args.activation_checkpointing:
+        return line + "off"
+    kwargs = args.activation_checkpointing_kwargs or {}
+    every = kwargs.get("every_n_layers", 1)
+    return line + (f"on, {'reentrant' if kwargs.get('use_reentrant') else 'non-reentrant'}, "
+                   f"{'every layer' if every == 1 else f'every {every} layers'}")
 
 
 def run(recipe: Recipe) -> str | None:
@@ -140,9 +179,12 @@ def run(recipe: Recipe) -> str | None:
     guard = NonFiniteLossGuard()
     trainer.add_callback(guard)
     checkpoint = resume_checkpoint(recipe)
-    if checkpoint and state.is_main_process:
-        print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if state.is_main_process:
+        print(describe_training(args, recipe, state.num_processes))
+        if checkpoint:
+            print(f"resuming from {checkpoint}")
+    with explain_out_of_memory("training", training_memory_advice(args)):
+        trainer.train(resume_from_checkpoint=checkpoint)
     if guard.bad_step is not None:
         last_good = newest_complete_checkpoint(out_dir)
         raise MedtuneError(f"training stopped at step {guard.bad_step}: the loss is not finite (nan/inf). Lower "
@@ -189,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)  # refuse a bad recipe before anything heavy loads
         table = run(recipe)
     except MedtuneError as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank hits the same problem: say it once
+        # every rank meets a recipe's problem: say it once; running out of memory may be one rank's alone
+        if os.environ.get("RANK", "0") == "0" or isinstance(e, RankLocalError):
             print(f"medtune: {e}", file=sys.stderr)
         return 2
     if table:

@@ -129,17 +129,23 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
 @pytest.mark.parametrize("config, method", [("multi_gpu", "lora"), ("multi_gpu", "qlora"),
                                             ("deepspeed_zero2", "lora"), ("deepspeed_zero3", "lora")])
 def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, small_crc, tmp_path):
-    """DDP (LoRA and QLoRA), ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo):
+    """DDP (LoRA and QLoRA), ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo),
+    activation checkpointing on (TRL makes it reentrant under ZeRO-3), the frozen tower out of autograd:
     one complete adapter that plain PEFT loads, and gathered metrics equal to a single-process evaluation.
     The ranks' batches come from loader workers, the single process's from itself."""
     run = tmp_path / config
     result = run_cli("accelerate", "launch", "--config_file", f"accelerate_configs/{config}.yaml", "--num_processes",
                      "2", "medtune/train.py", "recipes/demo/tissue_classification.yaml",
                      f"quantization.load_in_4bit={method == 'qlora'}", "eval.num_workers=1",
+                     "training.activation_checkpointing=true",  # as the shipped recipes train
                      f"data.path={small_crc / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = json.loads((run / "run_info.json").read_text())
     assert info["processes"] == 2
+    # what the Trainer applied: PEFT under ZeRO-3 needs reentrant checkpointing (TRL forces it)
+    reentrant = "reentrant" if config == "deepspeed_zero3" else "non-reentrant"
+    assert (f"micro-batch 8 x accumulation 1 x 2 process(es) = effective batch 16; attention sdpa (vision tower sdpa); "
+            f"activation checkpointing on, {reentrant}, every layer") in result.stdout
     assert info["deepspeed_zero_stage"] == {"multi_gpu": None, "deepspeed_zero2": 2, "deepspeed_zero3": 3}[config]
     distributed = {name: json.loads((run / f"eval/{name}.json").read_text()) for name in ("finetuned", "baseline")}
     assert distributed["finetuned"]["decoding"]["processes"] == 2 and distributed["finetuned"]["n"] == 18

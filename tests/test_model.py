@@ -64,7 +64,7 @@ def test_the_vision_tower_attends_with_sdpa_and_sees_what_eager_sees(small_crc):
     recipe = _recipe(small_crc, "quantization.load_in_4bit=false")
     model = load_model(recipe, "fp32")
     assert model.model.vision_tower.config._attn_implementation == "sdpa"
-    assert model.model.language_model.config._attn_implementation == "eager"  # the recipe's, for Gemma 3
+    assert model.model.language_model.config._attn_implementation == "sdpa"  # the recipe's (test_training_step.py)
     eager = load_model(_recipe(small_crc, "quantization.load_in_4bit=false", "model.vision_attn_implementation=eager"),
                        "fp32")
     assert eager.model.vision_tower.config._attn_implementation == "eager"

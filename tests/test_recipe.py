@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,8 +25,6 @@ def data_path(small_crc):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipes_validate(recipe, prepared):
-    import yaml
-
     task = yaml.safe_load(recipe.read_text())["task"]["name"]
     loaded = load_recipe(recipe, [f"data.path={prepared[task]}"])
     assert loaded.training["output_dir"] and loaded.task.name == task
@@ -59,7 +59,17 @@ def test_qlora_recipe_follows_the_reference_notebook(data_path):
     assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] == 16
     assert (r.lora.r, r.lora.alpha, r.lora.dropout) == (16, 16, 0.05)
     assert r.quantization.load_in_4bit and r.quantization.quant_type == "nf4" and r.quantization.double_quant
-    assert r.data.max_train_samples == 9000 and t["lr_scheduler_type"] == "linear" and t["gradient_checkpointing"]
+    assert r.data.max_train_samples == 9000 and t["lr_scheduler_type"] == "linear" and t["activation_checkpointing"]
+
+
+@pytest.mark.parametrize("recipe, batch", [(QLORA, 16), (REPO / "recipes/tissue_classification/lora.yaml", 16),
+                                           (REPO / "recipes/pneumothorax/lora.yaml", 16), (REPORTS, 8)])
+def test_recipes_train_at_the_measured_fast_settings(recipe, batch, prepared):
+    """Micro-batch 16 x 1 for classification (8 x 2 for reports' longer sequences), SDPA in the language model."""
+    task = yaml.safe_load(recipe.read_text())["task"]["name"]
+    r = load_recipe(recipe, [f"data.path={prepared[task]}"])
+    assert (r.training["per_device_train_batch_size"], r.training["gradient_accumulation_steps"]) == (batch, 16 // batch)
+    assert r.model.attn_implementation == r.model.vision_attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("override, key, words", [
@@ -77,6 +87,9 @@ def test_qlora_recipe_follows_the_reference_notebook(data_path):
     ("data.path=/nonexistent/crc", "data.path", "python -m data_prep crc100k"),
     ("export.push=true", "export.repo_id", "repo id"),
     ("training.hub_token=hf_abc", "training.hub_token", "HF_TOKEN"),
+    ("training.gradient_checkpointing=false", "training.gradient_checkpointing", "use training.activation_checkpointing"),
+    *([("training.use_liger_kernel=true", "training.use_liger_kernel", "pip install 'medtune[liger]'")]
+      if importlib.util.find_spec("liger_kernel") is None else []),
 ])
 def test_bad_recipe_names_the_key_and_the_fix(override, key, words, data_path):
     overrides = [override] if override.startswith("data.path") else [data_path, override]
