@@ -1,4 +1,5 @@
-"""Export: the model card beside the adapter, an optional merged model, and the upload to the Hub.
+"""Export: the model card beside the adapter (medtune/model_card.py), an optional merged model, and the upload to
+the Hub.
 
 The Hub token is read by huggingface_hub from HF_TOKEN or the login cache at upload time; it is never
 passed around, printed or written anywhere. Uploads are private unless asked otherwise, and contain the
@@ -9,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-
-import yaml
 
 from medtune.config import Recipe, load_recipe
 from medtune.errors import MedtuneError
-from medtune.tasks import get_task
+from medtune.model_card import hub_base_model, write_model_card
 
 HUB_FILES = [  # what an upload may contain
     "README.md", "adapter_config.json", "adapter_model.safetensors", "processor_config.json",
@@ -23,73 +23,6 @@ HUB_FILES = [  # what an upload may contain
     "chat_template.jinja", "chat_template.json", "eval/baseline.json", "eval/finetuned.json", "eval/comparison.md",
     "eval/*.png",
 ]
-
-
-EVAL_MODES = {"generate": "greedy decoding", "score": "option scoring"}  # how the table's figures were made
-
-
-def model_card(recipe: Recipe, out_dir: Path) -> str:
-    task = get_task(recipe.task.name)
-    method = "QLoRA" if recipe.quantization.load_in_4bit else "LoRA"
-    comparison = out_dir / "eval" / "comparison.md"
-    table = comparison.read_text(encoding="utf-8") if comparison.is_file() else "_No evaluation was run._\n"
-    prep_report = Path(recipe.data.path) / "prep_report.json"
-    data_line = f"`{recipe.data.path}`"
-    if prep_report.is_file():
-        report = json.loads(prep_report.read_text(encoding="utf-8"))
-        sizes = ", ".join(f"{k} {v['total']}" for k, v in report.get("splits", {}).items())
-        data_line = f"{report.get('dataset', task.dataset)} ({sizes}; before the recipe's caps)"
-    metadata = {
-        "base_model": recipe.model.name_or_path, "library_name": "peft", "pipeline_tag": "image-text-to-text",
-        "tags": ["medtune", "medgemma", method.lower(), task.name, "medical"],
-    }
-    recipe_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-    return f"""---
-{yaml.safe_dump(metadata, sort_keys=False).strip()}
----
-
-# {recipe.model.name_or_path} — {task.name} ({method} adapter)
-
-A {method} adapter for `{recipe.model.name_or_path}`, fine-tuned with
-[medtune](https://github.com/) on **{task.name}**.
-
-## Evaluation ({recipe.eval.split} split, {EVAL_MODES[recipe.eval.mode]})
-
-{table}
-## Data
-
-{data_line}
-
-## Intended use
-
-Research on medical image understanding: reproducing and extending MedGemma fine-tuning experiments.
-**Not for clinical decisions.** This model has not been validated for diagnosis, treatment or any
-patient care; its outputs can be wrong, and it inherits the biases of its base model and training data.
-
-## Use
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-base = AutoModelForImageTextToText.from_pretrained("{recipe.model.name_or_path}")
-model = PeftModel.from_pretrained(base, "<this repo>")
-processor = AutoProcessor.from_pretrained("<this repo>")
-```
-
-## Recipe
-
-```yaml
-{recipe_yaml}```
-"""
-
-
-def write_model_card(recipe: Recipe, out_dir: Path) -> Path:
-    path = out_dir / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(recipe, out_dir), encoding="utf-8")
-    os.replace(tmp, path)  # a card is never half-written
-    return path
 
 
 def merge_adapter(recipe: Recipe, out_dir: Path) -> Path:
@@ -104,34 +37,61 @@ def merge_adapter(recipe: Recipe, out_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging)
     load_processor(recipe).save_pretrained(staging)
+    write_model_card(recipe, out_dir, merged=True, path=staging / "README.md")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(staging, final)
     return final
 
 
-def push_to_hub(out_dir: Path, repo_id: str, private: bool = True) -> str:
+def hub_adapter_config(out_dir: Path, base: str | None) -> dict:
+    """The run's adapter_config.json as uploaded: the base model named by its Hub id, never by a local path
+    (PEFT records the folder it loaded from; None when the base model is local and records no Hub id)."""
+    config = json.loads((out_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    return config
+
+
+def push_to_hub(out_dir: Path, repo_id: str, private: bool = True, base: str | None = None) -> str:
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
     if not (out_dir / "adapter_config.json").is_file():
         raise MedtuneError(f"{out_dir} holds no adapter (adapter_config.json): train first")
     api = HfApi()  # token: HF_TOKEN or the login cache, read by huggingface_hub itself
     url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="model", allow_patterns=HUB_FILES,
-                      commit_message="Upload medtune adapter")
+    # Staged: the allow-listed files (linked, not copied, where the file system allows) with the adapter config
+    # as uploaded, so that the run's own files stay as they are.
+    with tempfile.TemporaryDirectory(prefix=".hub-upload-", dir=out_dir) as staging:
+        files = [p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                 if p.is_file() and not p.is_relative_to(staging)]
+        for name in filter_repo_objects(files, allow_patterns=HUB_FILES):
+            target = Path(staging) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if name == "adapter_config.json":
+                target.write_text(json.dumps(hub_adapter_config(out_dir, base), indent=2), encoding="utf-8")
+                continue
+            try:
+                os.link(out_dir / name, target)
+            except OSError:
+                shutil.copy2(out_dir / name, target)
+        api.upload_folder(folder_path=staging, repo_id=repo_id, repo_type="model", allow_patterns=HUB_FILES,
+                          commit_message="Upload medtune adapter")
     return str(url)
 
 
 def export(out_dir: Path, merge: bool = False, push: bool = False, repo_id: str | None = None,
            private: bool = True) -> None:
-    """`medtune export OUTPUT_DIR`: rewrite the card from the run's recipe and results, merge, push."""
+    """`medtune export OUTPUT_DIR`: rewrite the card from the run's recipe and results (with the repo id in its
+    usage snippet when one is given), merge, push."""
     recipe_file = out_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise MedtuneError(f"{out_dir} is not a medtune run (no recipe.yaml): pass the training output_dir")
+    if push and not repo_id:
+        raise MedtuneError("--push needs --repo-id ORG/NAME")
     recipe = load_recipe(recipe_file)
-    print(f"model card: {write_model_card(recipe, out_dir)}")
+    print(f"model card: {write_model_card(recipe, out_dir, repo_id)}")
     if merge:
         print(f"merged model: {merge_adapter(recipe, out_dir)}")
     if push:
-        if not repo_id:
-            raise MedtuneError("--push needs --repo-id ORG/NAME")
-        print(f"uploaded to {push_to_hub(out_dir, repo_id, private)} ({'private' if private else 'public'})")
+        url = push_to_hub(out_dir, repo_id, private, hub_base_model(recipe.model.name_or_path))
+        print(f"uploaded to {url} ({'private' if private else 'public'})")

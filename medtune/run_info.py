@@ -1,8 +1,10 @@
-"""What a run records about itself: the resolved recipe, the command, library versions, the git revision."""
+"""What a run records about itself: the resolved recipe, the command, library versions, the git revision, the
+hardware, and (after training) the training wall time. The model card reads it."""
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -44,3 +46,19 @@ def write_run_info(recipe: Recipe, out_dir: Path, extra: dict | None = None) -> 
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_revision": git_revision(), "versions": library_versions(), **(extra or {})}
     (out_dir / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def describe_hardware(processes: int) -> str:
+    """e.g. `2 x NVIDIA H100 80GB HBM3` or `CPU (2 cores)`: what the run trained on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{processes} x {torch.cuda.get_device_name()}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def update_run_info(out_dir: Path, fields: dict) -> None:
+    """Add what a run learns as it goes (the training wall time) to its run_info.json."""
+    path = out_dir / "run_info.json"
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**info, **fields}, indent=2), encoding="utf-8")

@@ -151,9 +151,9 @@ def run(recipe: Recipe) -> str | None:
     from medtune.callbacks import NonFiniteLossGuard
     from medtune.data import load_split
     from medtune.evaluation import comparison_rows, comparison_table, evaluate, unavailable_notes
-    from medtune.export import merge_adapter, push_to_hub, write_model_card
+    from medtune.export import export
     from medtune.model import resolve_precision
-    from medtune.run_info import write_run_info
+    from medtune.run_info import describe_hardware, update_run_info, write_run_info
     from medtune.tasks import get_task
 
     # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
@@ -170,6 +170,7 @@ def run(recipe: Recipe) -> str | None:
     if state.is_main_process:
         plugin = getattr(args, "deepspeed_plugin", None)
         write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes,
+                                         "hardware": describe_hardware(state.num_processes),
                                          "distributed": str(state.distributed_type),
                                          "deepspeed_zero_stage": plugin.zero_stage if plugin else None})
 
@@ -184,13 +185,15 @@ def run(recipe: Recipe) -> str | None:
         if checkpoint:
             print(f"resuming from {checkpoint}")
     with explain_out_of_memory("training", training_memory_advice(args)):
-        trainer.train(resume_from_checkpoint=checkpoint)
+        trained = trainer.train(resume_from_checkpoint=checkpoint)
     if guard.bad_step is not None:
         last_good = newest_complete_checkpoint(out_dir)
         raise MedtuneError(f"training stopped at step {guard.bad_step}: the loss is not finite (nan/inf). Lower "
                            f"training.learning_rate or raise training.warmup_steps; last good checkpoint: "
                            f"{last_good or 'none yet'} (resume with training.resume_from_checkpoint=auto)")
     trainer.save_model(str(out_dir))  # the adapter and the processor, complete even under ZeRO-3, written once
+    if state.is_main_process:
+        update_run_info(out_dir, {"train_seconds": round(trained.metrics.get("train_runtime", 0.0), 1)})
 
     # ---------------------------------------------------------------- evaluation: fine-tuned and out-of-box
     # Both after training, on the same model: the base model is the adapter switched off. So every launch
@@ -214,13 +217,10 @@ def run(recipe: Recipe) -> str | None:
         table = comparison_table(rows, unavailable_notes(task, *results.values()))
         eval_dir.mkdir(parents=True, exist_ok=True)
         (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
-        write_model_card(recipe, out_dir)
         tracking.log_evaluation(recipe, results, rows, eval_dir, test_set)
-        print(f"adapter, processor and model card: {out_dir}")
-        if recipe.export.merge:
-            print(f"merged model: {merge_adapter(recipe, out_dir)}")
-        if recipe.export.push:
-            print(f"uploaded: {push_to_hub(out_dir, recipe.export.repo_id, recipe.export.private)}")
+        print(f"adapter and processor: {out_dir}")
+        export(out_dir, merge=recipe.export.merge, push=recipe.export.push, repo_id=recipe.export.repo_id,
+               private=recipe.export.private)
     state.wait_for_everyone()
     return table
 

@@ -47,7 +47,7 @@ def test_run_records_what_it_did(demo_run):
         assert len(rows) == json.loads((run / f"eval/{name}.json").read_text())["n"] == 108
     card = (run / "README.md").read_text()
     assert "Not for clinical decisions" in card and "| out-of-box | fine-tuned |" in card
-    assert "base_model: tiny" in card
+    assert "base_model:" not in card and "tiny (a local model)" in card  # never a local path
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -94,6 +94,8 @@ def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
     result = run_cli("medtune", "export", str(run), "--merge")
     assert result.returncode == 0, result.stderr[-2000:]
     merged = AutoModelForImageTextToText.from_pretrained(run / "merged")
+    card = (run / "merged" / "README.md").read_text()
+    assert "base_model_relation: finetune" in card and "library_name: transformers" in card
     assert not any("lora" in name for name, _ in merged.named_parameters())
     test = load_from_disk(str(demo_run[0] / "data"))["test"].select(range(18))
     answers = generate_answers(merged, AutoProcessor.from_pretrained(run / "merged"), test, 18, 8, "merged",

@@ -154,7 +154,7 @@ def test_override_round_trips_any_simple_value(section, key, value):
 
 
 def test_token_like_values_are_masked_in_everything_a_run_saves(data_path, tmp_path, monkeypatch):
-    from medtune.export import write_model_card
+    from medtune.model_card import write_model_card
     from medtune.run_info import write_run_info
 
     token = "hf_plantedInARecipeValue0123456789"
