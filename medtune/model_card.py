@@ -180,20 +180,22 @@ def data_line(recipe: Recipe, evaluated: int | None) -> str:
 
 
 def training_lines(recipe: Recipe, run_info: dict[str, Any]) -> list[str]:
-    lora, training = recipe.lora, recipe.training
+    """The set-up: from the recipe, and the schedule and hardware the run recorded in run_info.json."""
+    lora = recipe.lora
     method = (f"QLoRA ({recipe.quantization.quant_type} 4-bit language model)" if recipe.quantization.load_in_4bit
               else "LoRA")
     vision = "LoRA on the vision tower too" if lora.adapt_vision_tower else "vision tower frozen"
     projector = "projector trained" if lora.train_projector else "projector frozen"
-    processes = run_info.get("processes", 1)
-    batch, accumulation = training.get("per_device_train_batch_size", 8), training.get("gradient_accumulation_steps", 1)
-    length = (f"{training['max_steps']} steps" if training.get("max_steps", -1) > 0
-              else f"{training.get('num_train_epochs', 3)} epoch(s)")
     lines = [f"{method}: rank {lora.r}, alpha {lora.alpha}, dropout {lora.dropout} on the language model's "
-             f"{', '.join(lora.target_modules)}; {vision}; {projector}; loss on the answer only",
-             f"{length}, effective batch {batch * accumulation * processes} ({batch} x {accumulation} accumulation "
-             f"x {processes} process(es)), learning rate {training.get('learning_rate', 5e-5)} "
-             f"({training.get('lr_scheduler_type', 'linear')})"]
+             f"{', '.join(lora.target_modules)}; {vision}; {projector}; loss on the answer only"]
+    plan = run_info.get("schedule")
+    if plan:
+        batch, accumulation, processes = (plan["per_device_train_batch_size"], plan["gradient_accumulation_steps"],
+                                          run_info.get("processes", 1))
+        length = f"{plan['max_steps']} steps" if plan["max_steps"] > 0 else f"{plan['num_train_epochs']:g} epoch(s)"
+        lines.append(f"{length}, effective batch {batch * accumulation * processes} ({batch} x {accumulation} "
+                     f"accumulation x {processes} process(es)), learning rate {plan['learning_rate']:g} "
+                     f"({plan['lr_scheduler_type']})")
     hardware = ", ".join(str(run_info[k]) for k in ("precision", "hardware") if run_info.get(k))
     if hardware:
         lines.append(f"precision and hardware: {hardware}")
@@ -244,7 +246,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
         base_model=base, library_name="transformers" if merged else "peft", pipeline_tag="image-text-to-text",
         tags=["medtune", "medgemma", method.lower(), task.name, "medical"], **terms,
         model_name=repo_id.split("/")[-1] if repo_id else out_dir.name,
-        eval_results=eval_results(recipe, results["finetuned"]) if "finetuned" in results else None,
+        eval_results=eval_results(recipe, results.get("finetuned", {})) or None,
         base_model_relation="finetune" if merged else "adapter")
     comparison = eval_dir / "comparison.md"
     url = project_url()

@@ -57,6 +57,15 @@ def describe_hardware(processes: int) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def schedule(args) -> dict:
+    """The training schedule as the Trainer runs it (the recipe's values over transformers' defaults)."""
+    return {"per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
+            "learning_rate": args.learning_rate,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))}
+
+
 def update_run_info(out_dir: Path, fields: dict) -> None:
     """Add what a run learns as it goes (the training wall time) to its run_info.json."""
     path = out_dir / "run_info.json"

@@ -153,7 +153,7 @@ def run(recipe: Recipe) -> str | None:
     from medtune.evaluation import comparison_rows, comparison_table, evaluate, unavailable_notes
     from medtune.export import export
     from medtune.model import resolve_precision
-    from medtune.run_info import describe_hardware, update_run_info, write_run_info
+    from medtune.run_info import describe_hardware, schedule, update_run_info, write_run_info
     from medtune.tasks import get_task
 
     # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
@@ -171,6 +171,7 @@ def run(recipe: Recipe) -> str | None:
         plugin = getattr(args, "deepspeed_plugin", None)
         write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes,
                                          "hardware": describe_hardware(state.num_processes),
+                                         "schedule": schedule(args),
                                          "distributed": str(state.distributed_type),
                                          "deepspeed_zero_stage": plugin.zero_stage if plugin else None})
 

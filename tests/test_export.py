@@ -97,6 +97,7 @@ def test_the_card_parses_and_its_model_index_holds_the_fine_tuned_metrics(demo_r
     assert "tiny (a local model)" in text and "Unparsable answers" in text and "data_prep skipped" in text
     assert "![finetuned_confusion_matrix](eval/finetuned_confusion_matrix.png)" in text
     assert "training wall time" in text and "CPU (" in text
+    assert "4 epoch(s), effective batch 8 (8 x 1 accumulation x 1 process(es)), learning rate 0.003 (linear)" in text
 
 
 def test_the_demo_card_holds_no_placeholder_local_path_identifier_or_token(demo_run):
