@@ -217,7 +217,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] = (), check_data: bool = True) -> Recipe:
+    """`check_data=False` for what needs no data (exporting a finished run, perhaps on another machine)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError("", f"recipe file {str(path)!r} not found (recipes live in recipes/<task>/)")
@@ -234,7 +235,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         if not isinstance(raw.get(section, {}), dict):
             raise RecipeError(section, "must be a mapping")
         raw.setdefault(section, {})[key] = value
-    recipe = validate(raw)
+    recipe = validate(raw, check_data)
     recipe.source = str(path)
     return recipe
 
@@ -336,7 +337,7 @@ def _build_training(raw: Any) -> dict[str, Any]:
     return training
 
 
-def validate(raw: dict[str, Any]) -> Recipe:
+def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
     for name in raw:
         if name not in SECTIONS and name != "training":
             raise RecipeError(name, f"unknown section{_suggest(name, [*SECTIONS, 'training'])}; "
@@ -350,6 +351,19 @@ def validate(raw: dict[str, Any]) -> Recipe:
     task = get_task(recipe.task.name)
     if recipe.eval.mode == "score" and not hasattr(task, "options"):
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
+    if check_data:
+        _check_data(recipe, task)
+    if recipe.export.push and not recipe.export.repo_id:
+        raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
+    if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
+            and not Path(recipe.model.name_or_path).exists():
+        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id "
+                                                "(org/name), a local folder, nor `tiny`")
+    return recipe
+
+
+def _check_data(recipe: Recipe, task) -> None:
+    """The prepared dataset is there and agrees with the recipe's split options."""
     data_path = Path(recipe.data.path) if recipe.data.path else None
     if data_path is None or not (data_path / "dataset_dict.json").is_file():
         if data_path is None:
@@ -367,13 +381,6 @@ def validate(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("data.test_fraction", f"{recipe.data.test_fraction} but {data_path} was prepared with "
                                                 f"{prepared['test_fraction']}: prepare it again with --recipe, or "
                                                 f"set data.test_fraction={prepared['test_fraction']}")
-    if recipe.export.push and not recipe.export.repo_id:
-        raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
-    if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
-            and not Path(recipe.model.name_or_path).exists():
-        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id "
-                                                "(org/name), a local folder, nor `tiny`")
-    return recipe
 
 
 def _prep_options(data_path: Path) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def export(out_dir: Path, merge: bool = False, push: bool = False, repo_id: str 
         raise MedtuneError(f"{out_dir} is not a medtune run (no recipe.yaml): pass the training output_dir")
     if push and not repo_id:
         raise MedtuneError("--push needs --repo-id ORG/NAME")
-    recipe = load_recipe(recipe_file)
+    recipe = load_recipe(recipe_file, check_data=False)  # a finished run needs no data: export it anywhere
     print(f"model card: {write_model_card(recipe, out_dir, repo_id)}")
     if merge:
         print(f"merged model: {merge_adapter(recipe, out_dir)}")

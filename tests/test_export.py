@@ -132,6 +132,22 @@ def test_a_pushed_card_names_its_repo_and_the_upload_names_no_local_base(demo_ru
     assert not [p for p in run.iterdir() if p.name.startswith(".hub-upload-")]
 
 
+def test_a_run_exports_where_its_data_is_not(demo_run, tmp_path):
+    """A finished run copied to another machine (the prepared dataset left behind) still gets its card."""
+    import shutil
+
+    import yaml
+
+    moved = tmp_path / "run-lora"
+    shutil.copytree(demo_run[0] / "run-lora", moved, ignore=shutil.ignore_patterns("merged", "tensorboard"))
+    recipe = yaml.safe_load((moved / "recipe.yaml").read_text())
+    recipe["data"]["path"] = str(tmp_path / "gone")
+    (moved / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    export.export(moved, repo_id="org/medgemma-crc")
+    card = (moved / "README.md").read_text()
+    assert "NCT-CRC-HE-100K" in card and 'PeftModel.from_pretrained(base, "org/medgemma-crc")' in card
+
+
 @pytest.mark.parametrize("layout, expected", [
     ("hub-cache", "google/medgemma-4b-it"), ("config-records-id", "google/medgemma-4b-it"), ("plain", None)])
 def test_a_base_model_from_a_local_folder_is_named_by_its_hub_id_or_said_to_be_local(layout, expected, demo_run,
