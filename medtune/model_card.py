@@ -131,9 +131,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def card_recipe(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe as the card shows it: every path cut to its last component, the base model named by
     its Hub id or said to be local."""
-    def cut(value: Any, key: tuple[str, str] | None = None) -> Any:
+    def cut(value: Any, key: tuple[str, str]) -> Any:
         if isinstance(value, dict):
-            return {k: cut(v, (key[0], k) if key else (k, "")) for k, v in value.items()}
+            return {k: cut(v, (key[0], k)) for k, v in value.items()}
         if isinstance(value, list):
             return [cut(v, key) for v in value]
         if isinstance(value, str) and value and (key in _PATH_KEYS or os.path.isabs(value) or value.startswith("~")):
@@ -152,11 +152,12 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any]) -> list:
     from huggingface_hub import EvalResult
 
     task = get_task(recipe.task.name)
+    task_type, title = HUB_TASK_TYPES.get(task.kind, "image-text-to-text"), dataset_title(task.dataset)
     values = {k: v for k, v in finetuned.get("metrics", {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
-    return [EvalResult(task_type=HUB_TASK_TYPES.get(task.kind, "image-text-to-text"), dataset_type=task.dataset,
-                       dataset_name=dataset_title(task.dataset), dataset_split=recipe.eval.split, metric_type=name,
-                       metric_name=name, metric_value=value) for name, value in values.items()]
+    return [EvalResult(task_type=task_type, dataset_type=task.dataset, dataset_name=title,
+                       dataset_split=recipe.eval.split, metric_type=name, metric_name=name, metric_value=value)
+            for name, value in values.items()]
 
 
 def data_line(recipe: Recipe, evaluated: int | None) -> str:
@@ -165,9 +166,10 @@ def data_line(recipe: Recipe, evaluated: int | None) -> str:
     title = dataset_title(report.get("dataset", task.dataset))
     sizes = []
     for split, info in report.get("splits", {}).items():
-        cap = getattr(recipe.data, CAPS.get(split, ""), None)
-        used = evaluated if split == recipe.eval.split and evaluated is not None else \
-            min(info["total"], cap) if cap else info["total"]
+        cap = getattr(recipe.data, CAPS.get(split, ""), None)  # as medtune.data.load_split applies it
+        used = min(info["total"], cap or info["total"])
+        if split == recipe.eval.split and evaluated is not None:
+            used = evaluated
         sizes.append(f"{split} {used}" + (f" (of {info['total']})" if used != info["total"] else ""))
     line = f"{title}, prepared by `python -m data_prep {report.get('dataset', task.dataset)}`"
     if sizes:
@@ -204,7 +206,7 @@ def training_lines(recipe: Recipe, run_info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def eval_notes(recipe: Recipe, results: dict[str, dict]) -> list[str]:
+def eval_notes(results: dict[str, dict]) -> list[str]:
     """Counts a reader must see beside the table: answers that named no option (scored as wrong)."""
     counts = {label: (r["metrics"]["unparsable"], r.get("n")) for label, r in
               (("fine-tuned", results.get("finetuned")), ("out-of-box", results.get("baseline")))
@@ -261,7 +263,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
         medtune=f"[medtune]({url})" if url else "medtune",
         split=recipe.eval.split, eval_mode=EVAL_MODES[recipe.eval.mode],
         table=comparison.read_text(encoding="utf-8").strip() if comparison.is_file() else "_No evaluation was run._",
-        eval_notes=eval_notes(recipe, results), figures=figures,
+        eval_notes=eval_notes(results), figures=figures,
         data_line=data_line(recipe, (results.get("finetuned") or results.get("baseline") or {}).get("n")),
         training_lines=training_lines(recipe, _read_json(out_dir / "run_info.json")), license_line=license_line,
         snippet=usage_snippet(base, repo_id, merged),

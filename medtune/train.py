@@ -64,20 +64,28 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
     return args
 
 
+def checkpointed_every(args) -> int | None:
+    """Every how many layers activation checkpointing applies (1: every layer); None when it is off."""
+    if not args.activation_checkpointing:
+        return None
+    return (args.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
+
+
 def training_memory_advice(args) -> str:
     """What to change when training runs out of memory, with the values in force."""
     batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     advice = (f"halve training.per_device_train_batch_size (now {batch}) and double "
               f"training.gradient_accumulation_steps (now {accumulation}), which keeps the effective batch")
-    every_n_layers = (args.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
-    if not args.activation_checkpointing:
+    every = checkpointed_every(args)
+    if every is None:
         advice += ", or set training.activation_checkpointing=true"
-    elif every_n_layers > 1:
+    elif every > 1:
         advice += (f", or checkpoint every layer (training.activation_checkpointing_kwargs has every_n_layers: "
-                   f"{every_n_layers}; make it 1)")
+                   f"{every}; make it 1)")
     else:
         advice += " (training.activation_checkpointing is on already)"
-    return advice + f"; in validation, lower training.per_device_eval_batch_size (now {args.per_device_eval_batch_size})"
+    return (advice + "; in validation, lower training.per_device_eval_batch_size "
+                     f"(now {args.per_device_eval_batch_size})")
 
 
 def project_labelled_positions_only() -> None:
@@ -133,12 +141,11 @@ def describe_training(args, recipe: Recipe, processes: int) -> str:
     line = (f"training: micro-batch {batch} x accumulation {accumulation} x {processes} process(es) = effective "
             f"batch {batch * accumulation * processes}; attention {recipe.model.attn_implementation} (vision tower "
             f"{recipe.model.vision_attn_implementation}); activation checkpointing ")
-    if not args.activation_checkpointing:
+    every = checkpointed_every(args)
+    if every is None:
         return line + "off"
-    kwargs = args.activation_checkpointing_kwargs or {}
-    every = kwargs.get("every_n_layers", 1)
-    return line + (f"on, {'reentrant' if kwargs.get('use_reentrant') else 'non-reentrant'}, "
-                   f"{'every layer' if every == 1 else f'every {every} layers'}")
+    reentrant = "reentrant" if (args.activation_checkpointing_kwargs or {}).get("use_reentrant") else "non-reentrant"
+    return line + f"on, {reentrant}, {'every layer' if every == 1 else f'every {every} layers'}"
 
 
 def run(recipe: Recipe) -> str | None:
