@@ -6,14 +6,16 @@ evaluation code (medtune.evaluation) and model loading (medtune.model.load_model
 Builds the synthetic SIIM-ACR stand-in (1024 x 1024 films, as the real ones), prepares it, fine-tunes the tiny
 model with recipes/demo/pneumothorax.yaml, then times, with the pneumothorax recipe's eval settings (batch 16,
 max_new_tokens 16):
-1. the input pipeline alone (decode + MedGemma's 896 px image processor + tokenizer) with 0, 1, 2, ... loader
-   workers: the images per second no evaluation can exceed, whatever the accelerator;
+1. the input pipeline alone (decode + MedGemma's 896 px images + tokenizer), the image processor's float path
+   and medtune's model-ready pixels (medtune.pixels), with 0, 1, 2, ... loader workers: the images per second
+   no evaluation can exceed, whatever the accelerator;
 2. the tiny model, base and fine-tuned (4 image tokens, 609-token vocabulary: overheads, not MedGemma);
 3. MedGemma's shape with random weights (`--shape auto`: the real 4B architecture on a GPU, loaded by the
    recipe's own code in bf16 (or 4-bit with `--method qlora`); the scaled one on a CPU: real vocabulary and
    256 image tokens, narrow layers, 224 px). Random weights never emit <end_of_turn>, so generation runs to
    max_new_tokens (an out-of-box model rambling); 5 tokens stands for a fine-tuned model that stops after
-   `B: pneumothorax`. Scoring is timed with 0 and 1 loader workers and the default number.
+   `B: pneumothorax`. Scoring is timed with 0 and 1 loader workers and the default number, and at the batch
+   size an unset eval.batch_size gives (on a GPU, as many as fit).
 Prints markdown tables.
 """
 from __future__ import annotations
@@ -66,10 +68,10 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medgemma_shapes import build_processor, write_checkpoint  # benchmarks/, beside this script
+    from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
     from medtune.config import load_recipe
-    from medtune.evaluation import (PromptInputs, default_num_workers, generate_answers, option_first_tokens,
-                                    score_options)
+    from medtune.evaluation import (PromptInputs, default_batch_size, default_num_workers, generate_answers,
+                                    option_first_tokens, score_options)
     from medtune.model import load_model, resolve_precision
     from medtune.tasks import get_task
     from medtune.tiny import tiny_checkpoint_dir
@@ -102,14 +104,23 @@ def main() -> None:
     # ------------------------------------------------------------------ 1. the input pipeline alone
     from torch.utils.data import DataLoader
 
-    real_processor = build_processor("real")
-    print("input pipeline at MedGemma's 896 px (decode, image processor, tokenizer; no model):\n")
-    print("| loader workers | s | images/s |")
-    print("|---|---|---|")
-    for n in sorted({0, 1, 2, workers}):
-        seconds = timed(lambda n=n: list(DataLoader(test, batch_size=args.batch_size, num_workers=n,
-                                                    collate_fn=PromptInputs(real_processor, torch.bfloat16))))
-        print(f"| {n} | {seconds:.2f} | {len(test) / seconds:.1f} |")
+    from medtune.pixels import model_ready_inputs
+
+    # MedGemma's 896 px processor, and a model of its image geometry to set up model-ready pixels for
+    geometry = write_checkpoint("geometry", args.workdir / "medgemma-geometry-random")
+    real_processor = AutoProcessor.from_pretrained(geometry)
+    ready_processor, pixels = model_ready_inputs(AutoModelForImageTextToText.from_pretrained(geometry),
+                                                 real_processor)
+    collates = {"image processor (before)": PromptInputs(real_processor, None, torch.bfloat16),
+                "model-ready pixels (medtune)": PromptInputs(ready_processor, pixels, torch.bfloat16)}
+    print("input pipeline at MedGemma's 896 px (decode, images, tokenizer; no model):\n")
+    print("| images | loader workers | s | images/s |")
+    print("|---|---|---|---|")
+    for name, collate in collates.items():
+        for n in sorted({0, 1, 2, workers}):
+            seconds = timed(lambda n=n, c=collate: list(DataLoader(test, batch_size=args.batch_size, num_workers=n,
+                                                                   collate_fn=c)))
+            print(f"| {name} | {n} | {seconds:.2f} | {len(test) / seconds:.1f} |")
 
     # ------------------------------------------------------------------ 2. the tiny model
     processor = AutoProcessor.from_pretrained(run)
@@ -137,20 +148,26 @@ def main() -> None:
           f"{shaped_processor.image_processor.size['height']} px), loaded by recipes/pneumothorax/{args.method}.yaml "
           f"({model.dtype}; attention: language model {recipe.model.attn_implementation}, vision tower "
           f"{recipe.model.vision_attn_implementation}):\n")
-    print("| mode | new tokens | loader workers | s | images/s | time vs scoring |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | new tokens | batch | loader workers | s | images/s | time vs scoring |")
+    print("|---|---|---|---|---|---|---|")
     rows = []
     for n in sorted({0, 1, workers}):
         seconds = timed(lambda n=n: score_options(model, shaped_processor, test, option_ids, args.batch_size,
                                                   "score", show_progress=False, num_workers=n))
-        rows.append(("option scoring", "—", n, seconds))
-    scoring = next(seconds for _, _, n, seconds in rows if n == workers)  # with the default loader
+        rows.append(("option scoring", "—", args.batch_size, n, seconds))
+    scoring = next(seconds for _, _, _, n, seconds in rows if n == workers)  # with the default loader
+    fits = default_batch_size(model, "score")  # eval.batch_size unset: on a GPU, as many as fit
+    if fits != args.batch_size:
+        seconds = timed(lambda: score_options(model, shaped_processor, test, option_ids, fits, "score",
+                                              show_progress=False, num_workers=workers))
+        rows.append(("option scoring", "—", fits, workers, seconds))
     for tokens in (args.max_new_tokens, FINE_TUNED_ANSWER_TOKENS):
         seconds = timed(lambda t=tokens: generate_answers(model, shaped_processor, test, args.batch_size, t,
                                                           "generate", show_progress=False, num_workers=workers))
-        rows.append(("generation", tokens, workers, seconds))
-    for mode, tokens, n, seconds in rows:
-        print(f"| {mode} | {tokens} | {n} | {seconds:.2f} | {len(test) / seconds:.1f} | {seconds / scoring:.2f}x |")
+        rows.append(("generation", tokens, args.batch_size, workers, seconds))
+    for mode, tokens, batch, n, seconds in rows:
+        print(f"| {mode} | {tokens} | {batch} | {n} | {seconds:.2f} | {len(test) / seconds:.1f} | "
+              f"{seconds / scoring:.2f}x |")
 
 
 if __name__ == "__main__":

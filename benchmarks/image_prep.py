@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from data_prep._common import read_image_resized
-from data_prep.mimic_cxr import MODEL_IMAGE_SIZE, REAL_SIZE, synthetic_film
+from data_prep._common import MODEL_IMAGE_SIZE
+from data_prep.mimic_cxr import REAL_SIZE, synthetic_film
 
 
 def plain(path: Path, size: int = MODEL_IMAGE_SIZE) -> bytes:

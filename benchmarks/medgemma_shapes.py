@@ -6,6 +6,10 @@
 - `scaled`: what a CPU can train in minutes while keeping what dominates there: the real 262,208-token
   vocabulary (so embeddings and the LM head cost what they really cost) and 256 image tokens per image;
   4 narrow decoder layers, SigLIP at 224 px with 2 layers.
+- `geometry`: MedGemma's image geometry (896 px, patch 14, 4,096 patches pooled to 256 image tokens) on a
+  model too small to cost much (narrow, two decoder layers, the tokenizer's vocabulary, a tower of patch
+  embedding and no transformer layer): what evaluation's input pipeline feeds MedGemma, with the model out of
+  the way.
 
 The tokenizer is medtune's tiny one (its ids are a subset of the 262k rows); the processor feeds the
 vision tower its native resolution. Random weights are fine for speed and memory; the projector is
@@ -26,6 +30,11 @@ SHAPES = {
                             num_key_value_heads=2, head_dim=64, query_pre_attn_scalar=64, sliding_window=1024),
                "vision": dict(image_size=224, patch_size=14, hidden_size=128, intermediate_size=512,
                               num_hidden_layers=2, num_attention_heads=2)},
+    "geometry": {"text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window=512),
+                 "vision": dict(image_size=896, patch_size=14, hidden_size=8, intermediate_size=16,
+                                num_hidden_layers=0, num_attention_heads=1),
+                 "vocab_size": None},  # the tokenizer's own (the real one's 262k-row LM head costs what it costs)
 }
 VOCAB, IMAGE_TOKENS = 262_208, 256
 
@@ -52,7 +61,8 @@ def build_model(shape: str, tokenizer, dtype=None):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    text = Gemma3TextConfig(vocab_size=VOCAB, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    vocab = SHAPES[shape].get("vocab_size", VOCAB) or ((len(tokenizer) + 7) // 8) * 8
+    text = Gemma3TextConfig(vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=[tokenizer.eos_token_id, end_of_turn], **SHAPES[shape]["text"])
     vision = SiglipVisionConfig(vision_use_head=False, **SHAPES[shape]["vision"])
     config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=IMAGE_TOKENS,

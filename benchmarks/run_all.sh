@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every benchmark behind BENCHMARKS.md, in one command (about 10 minutes on 2 CPU cores; on a GPU the
+# Every benchmark behind BENCHMARKS.md, in one command (about 13 minutes on 2 CPU cores; on a GPU the
 # training rows use MedGemma 4B's real shape):
 #   bash benchmarks/run_all.sh [OUT.md]
-# Writes the three outputs, with the machine and date each prints, to OUT.md (default benchmarks/results.md).
+# Writes the outputs, with the machine and date each prints, to OUT.md (default benchmarks/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-benchmarks/results.md}"
@@ -10,6 +10,8 @@ out="${1:-benchmarks/results.md}"
   echo "# medtune benchmarks, $(date -u +%Y-%m-%d), $(hostname)"
   echo; echo "## Training: reference notebook vs medtune (python benchmarks/train_throughput.py)"; echo
   python benchmarks/train_throughput.py 2>/dev/null
+  echo; echo "## Evaluation's input pipeline (python benchmarks/input_pipeline.py)"; echo
+  python benchmarks/input_pipeline.py 2>/dev/null
   echo; echo "## Evaluation: generation vs option scoring (python benchmarks/eval_modes.py)"; echo
   python benchmarks/eval_modes.py 2>/dev/null
   echo; echo "## The vision tower's attention: eager vs SDPA (python benchmarks/vision_attention.py)"; echo

@@ -71,6 +71,7 @@ class PrepReport:
 
 
 # ----------------------------------------------------------------------------- images
+MODEL_IMAGE_SIZE = 896  # MedGemma's SigLIP input: large images are stored at this size
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's convert() would clip these to 0 or 255
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, group_by,
-                               hashed_id, id_key, read_image_resized, save_dataset, staged_output)
+from data_prep._common import (MODEL_IMAGE_SIZE, PrepError, PrepReport, build_split, conversation,
+                               conversation_features, group_by, hashed_id, id_key, read_image_resized, save_dataset,
+                               staged_output)
 from data_prep._report_sections import ReportSections, decode_report, report_sections
 from medtune.tasks import get_task
 
@@ -38,7 +39,6 @@ TASK = get_task("report_generation")
 SPLIT_CSV, METADATA_CSV = "mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLITS = {"train": "train", "validate": "validation", "test": "test"}  # the official names -> ours
 REPORT_DIRS = ("files", "mimic-cxr-reports/files")
-MODEL_IMAGE_SIZE = 896  # MedGemma's SigLIP input
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

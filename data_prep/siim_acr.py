@@ -5,6 +5,9 @@
 
 An image is positive when any of its CSV rows holds a mask (`-1` means none). The files are 1024x1024 8-bit
 MONOCHROME2, most JPEG Baseline compressed; MONOCHROME1 is inverted and deeper images windowed to 8 bits.
+Films larger than the model's input are stored at its size (--image-size, 896 for MedGemma), so that neither
+training nor evaluation resizes them again, and uncompressed: a stored film then decodes in ~0.5 ms instead of
+~8 ms as PNG (benchmarks/input_pipeline.md), for about the disk space the 1,024 px PNG took.
 Splits are disjoint by patient: test is --test-fraction of the patients (per label), validation 10% per
 label of the rest (as the report). Identifiers are stored only as keyed hashes, in the rows and in
 prep_report.json alike; the skipped files are printed in clear on the terminal only.
@@ -21,8 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, hashed_id,
-                               id_key, save_dataset, scale_to_uint8, staged_output, stratified_split)
+from data_prep._common import (MODEL_IMAGE_SIZE, PrepError, PrepReport, build_split, conversation,
+                               conversation_features, hashed_id, id_key, save_dataset, scale_to_uint8, staged_output,
+                               stratified_split)
 from medtune.tasks import get_task
 
 TASK = get_task("pneumothorax")
@@ -35,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of patients held out for test")
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--image-size", type=int, default=MODEL_IMAGE_SIZE,
+                        help="larger films are stored SIZE x SIZE, the model's input (default 896; 0: as they are)")
 
 
 # ----------------------------------------------------------------------------- labels
@@ -79,8 +85,19 @@ def to_8bit(dataset) -> np.ndarray:
     return pixels
 
 
-def read_dicom(path: Path) -> tuple[dict | None, str | None]:
-    """({uid, patient, png}, None) for a readable DICOM, else (None, reason)."""
+def stored_film(pixels: np.ndarray, size: int) -> bytes:
+    """The 8-bit film as stored: SIZE x SIZE when it is larger (the square the Gemma 3 processor resizes every
+    image to, with its filter, so the model sees the same pixels), as an uncompressed TIFF (see the docstring)."""
+    film = Image.fromarray(pixels, "L")
+    if size and (film.width > size or film.height > size):
+        film = film.resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    film.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def read_dicom(path: Path, size: int = 0) -> tuple[dict | None, str | None]:
+    """({uid, patient, image}, None) for a readable DICOM (`image`: `stored_film` bytes), else (None, reason)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -96,16 +113,14 @@ def read_dicom(path: Path) -> tuple[dict | None, str | None]:
         return None, "no pixel data (truncated?)"
     except Exception as e:  # noqa: BLE001 - decoders raise anything on a broken stream: report, never crash
         return None, f"undecodable: {type(e).__name__}: {e}"[:200]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return {"uid": uid, "patient": str(dataset.get("PatientID", "") or uid), "png": buffer.getvalue()}, None
+    return {"uid": uid, "patient": str(dataset.get("PatientID", "") or uid), "image": stored_film(pixels, size)}, None
 
 
 # ----------------------------------------------------------------------------- prepare
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, Value
 
-    options = {k: getattr(args, k) for k in ("test_fraction", "validation_fraction", "seed")}
+    options = {k: getattr(args, k) for k in ("test_fraction", "validation_fraction", "seed", "image_size")}
     report = PrepReport(dataset="siim_acr", source=str(src), options=options)
     csv_path = next((src / name for name in CSV_NAMES if (src / name).is_file()), None)
     if csv_path is None:
@@ -126,7 +141,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
             if path.suffix.lower() != ".dcm":
                 skip(relative, "stray file: not a .dcm")
                 continue
-            image, problem = read_dicom(path)
+            image, problem = read_dicom(path, args.image_size)
             if problem:
                 skip(relative, problem)
                 continue
@@ -139,7 +154,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
             seen.add(image["uid"])
             label = labels[image["uid"]]
             yield {"id": hashed_id(image["uid"], key), "patient": hashed_id(image["patient"], key),
-                   "image": {"bytes": image["png"], "path": None},
+                   "image": {"bytes": image["image"], "path": None},
                    "messages": conversation(prompt, TASK.answer(label)), "answer": TASK.answer(label),
                    "label": label}
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from medtune.errors import MedtuneError, explain_out_of_memory
+from medtune.pixels import model_ready, model_ready_inputs
 
 if TYPE_CHECKING:
     from medtune.config import EvalSection
@@ -26,20 +27,25 @@ def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class PromptInputs:
     """A DataLoader's collate_fn: rows -> left-padded model inputs. It runs in the loader's worker processes, so
-    decoding, resizing and tokenising overlap the model's work: at MedGemma's 896 px the image processor alone
-    takes ~45 ms an image on one core (benchmarks/eval_modes.md), longer than a GPU's forward pass over it."""
+    decoding and tokenising overlap the model's work. `processor` and `pixels` come from
+    `medtune.pixels.model_ready_inputs`: images leave here as uint8 at the model's size, and the model's device
+    rescales and normalises them (the image processor's float path took ~45 ms an image on one core)."""
 
-    def __init__(self, processor, pixel_dtype):
-        self.processor, self.pixel_dtype = processor, pixel_dtype
+    def __init__(self, processor, pixels, pixel_dtype):
+        self.processor, self.pixels, self.pixel_dtype = processor, pixels, pixel_dtype
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         texts = [self.processor.apply_chat_template(_prompt_messages(r["messages"]), add_generation_prompt=True,
                                                     tokenize=False) for r in batch]
-        inputs = self.processor(text=texts, images=[[r["image"].convert("RGB")] for r in batch], padding=True,
+        prepare = self.pixels or (lambda image: image.convert("RGB"))
+        inputs = self.processor(text=texts, images=[[prepare(r["image"])] for r in batch], padding=True,
                                 padding_side="left",  # every row's next token follows its last prompt token
                                 add_special_tokens=False,  # the chat template already starts with <bos>
                                 return_tensors="pt")
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.pixel_dtype)  # bf16 on a GPU: half to copy
+        if self.pixels:
+            model_ready(inputs["pixel_values"])
+        else:  # the processor's own float values: in the model's dtype (bf16 on a GPU: half to copy)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.pixel_dtype)
         return dict(inputs)
 
 
@@ -58,6 +64,41 @@ def default_num_workers() -> int:
     return max(0, min(8, cores // PartialState().num_processes - 1))
 
 
+GENERATION_BATCH = 16  # each row keeps a KV cache that grows with its answer
+SCORING_BATCH_RANGE = (16, 64)  # past 64 images (262k vision tokens at 896 px) a batch only adds latency
+
+
+def scoring_bytes_per_image(config) -> int:
+    """Memory one more image takes in a no-grad scoring forward, from the model's shapes: no KV cache and one
+    layer's activations at a time (hidden states, attention projections and the MLP's two wide halves), in the
+    vision tower (its patches) and the language model (its image tokens and a prompt), plus the attention
+    weights where the tower runs eager attention. ~0.26 GB at MedGemma 4B's shape."""
+    vision, text = config.vision_config, config.get_text_config()
+    patches = (vision.image_size // vision.patch_size) ** 2
+    tokens = config.mm_tokens_per_image + 128
+    values = patches * (4 * vision.hidden_size + 2 * vision.intermediate_size)
+    values += tokens * (4 * text.hidden_size + 2 * text.intermediate_size)
+    if getattr(vision, "_attn_implementation", "sdpa") == "eager":
+        values += vision.num_attention_heads * patches ** 2
+    return values * 4  # float32 at worst (softmax, norms)
+
+
+def default_batch_size(model, mode: str) -> int:
+    """eval.batch_size when the recipe leaves it unset: 16 when generating; when scoring on a GPU, as many
+    images as fit in half of the memory still free (scoring keeps no cache), within SCORING_BATCH_RANGE. The
+    same on every rank (the smallest): under ZeRO-3 each forward is collective, so ranks must run as many."""
+    import torch
+    from accelerate.utils import gather_object
+
+    if mode != "score" or model.device.type != "cuda" or not hasattr(model.config, "vision_config"):
+        return GENERATION_BATCH
+    free, _ = torch.cuda.mem_get_info(model.device)
+    free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)  # ours to reuse
+    low, high = SCORING_BATCH_RANGE
+    fits = max(low, min(high, free // 2 // scoring_bytes_per_image(model.config)))
+    return min(gather_object([fits]))
+
+
 def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_progress: bool,
                     num_workers: int | None = None):
     """Left-padded model inputs for the prompts of `rows`, a batch at a time, on the model's device, prepared
@@ -67,7 +108,8 @@ def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_pro
 
     on_cuda = model.device.type == "cuda"
     pixel_dtype = getattr(model, "dtype", torch.float32)
-    loader = DataLoader(rows, batch_size=batch_size, collate_fn=PromptInputs(processor, pixel_dtype),
+    ready_processor, pixels = model_ready_inputs(model, processor)
+    loader = DataLoader(rows, batch_size=batch_size, collate_fn=PromptInputs(ready_processor, pixels, pixel_dtype),
                         num_workers=default_num_workers() if num_workers is None else num_workers,
                         pin_memory=on_cuda)  # pinned pages copy to the GPU asynchronously
     for inputs in tqdm(loader, desc=desc, unit="batch", disable=not show_progress):
@@ -105,13 +147,14 @@ def score_options(model, processor, rows, option_ids: list[int], batch_size: int
     import torch
 
     model.eval()
-    scores: list[list[float]] = []
+    scores = []
     for inputs in _prompt_batches(model, processor, rows, batch_size, desc, show_progress, num_workers):
         with torch.no_grad():  # see generate_answers
             # the next-token logits only, and no KV cache: nothing is decoded after this pass
             logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        scores += logits[:, option_ids].float().softmax(dim=-1).tolist()
-    return scores
+        # kept on the device: reading them here would make the host wait for every batch before queueing the next
+        scores.append(logits[:, option_ids].float().softmax(dim=-1))
+    return torch.cat(scores).tolist() if scores else []
 
 
 def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: str, out_dir: Path,
@@ -127,7 +170,8 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
 
     state = PartialState()
     started = time.time()
-    mode, batch_size = settings.mode, settings.batch_size
+    mode = settings.mode
+    batch_size = settings.batch_size or default_batch_size(model, mode)
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     max_new_tokens = settings.max_new_tokens or task.max_new_tokens
     desc, show = f"eval {name} ({mode})", state.is_local_main_process
@@ -136,6 +180,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard, \
             explain_out_of_memory("evaluating", f"lower eval.batch_size (now {batch_size})"):
         rows = dataset.select(shard) if shard else []
+        inference_started = time.time()
         if not shard:
             outputs = []
         elif mode == "score":
@@ -144,6 +189,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
         else:
             outputs = generate_answers(model, processor, rows, batch_size, max_new_tokens, desc, show, workers)
         ids = list(rows["id"]) if shard else []
+        inference_seconds = time.time() - inference_started  # images in, answers out: what eval speed means
     gathered = gather_object(list(zip(ids, outputs)))
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -173,6 +219,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     result = {
         "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
         "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
+        "inference_seconds": round(inference_seconds, 2),
         "decoding": {"mode": mode, "batch_size": batch_size, "processes": state.num_processes,
                      "loader_workers": workers,
                      **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})},

@@ -122,6 +122,16 @@ def lora_config(recipe: Recipe):
     )
 
 
+def vision_tower(model):
+    """The model's vision tower (under a PEFT wrapper too), or None for a text-only model."""
+    for root in (model, getattr(model, "get_base_model", lambda: None)()):
+        try:
+            return root.get_submodule(VISION_TOWER)
+        except AttributeError:
+            continue
+    return None
+
+
 def _route_forward(module, marker: str, choose) -> None:
     """Replace `module`'s forward on the instance by `choose(forward)(*args, **kwargs)` at every call.
 
@@ -156,9 +166,8 @@ def keep_frozen_vision_tower_out_of_autograd(model) -> None:
     """
     import torch
 
-    try:
-        tower = model.get_submodule(VISION_TOWER)
-    except AttributeError:  # a text-only model: no tower
+    tower = vision_tower(model)
+    if tower is None:  # a text-only model
         return
 
     def choose(forward):

@@ -116,6 +116,7 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.data import load_split
     from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
                                load_processor, lora_config)
+    from medtune.pixels import model_ready_inputs
 
     project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
@@ -124,9 +125,10 @@ def build_trainer(recipe: Recipe, args, precision: str):
     keep_frozen_vision_tower_out_of_autograd(model)
     if recipe.model.compile_decoder_layers:
         compile_decoder_layers(model)
+    collator_processor, pixels = model_ready_inputs(model, processor)  # the processor itself is saved, unchanged
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
                          eval_dataset=validation_set if args.eval_strategy != "no" else None,
-                         processing_class=processor, data_collator=build_collator(processor, args.max_length),
+                         processing_class=processor, data_collator=build_collator(collator_processor, args.max_length, pixels),
                          peft_config=lora_config(recipe))
     # TRL 1.16 edits `gradient_checkpointing_kwargs` (it forces reentrant checkpointing under ZeRO-3, which PEFT
     # needs there), but transformers 5.24 made that a deprecated alias of `activation_checkpointing_kwargs`, the

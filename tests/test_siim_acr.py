@@ -41,7 +41,7 @@ def test_every_broken_or_orphan_file_is_reported(small_siim, tmp_path):
     assert reasons[f"train-rle.csv: {hashed_id(f'{series}.4', key)}"] == "CSV row without a readable DICOM"
     assert "malformed EncodedPixels" in reasons.values()
     assert report["skipped_count"] == len(reasons) == 8
-    assert report["options"] == {"test_fraction": 0.2, "validation_fraction": 0.1, "seed": 42}
+    assert report["options"] == {"test_fraction": 0.2, "validation_fraction": 0.1, "seed": 42, "image_size": 896}
     assert study not in (small_siim / "data/prep_report.json").read_text()
 
 
@@ -89,7 +89,7 @@ def test_every_encoding_decodes_to_the_same_picture(tmp_path):
         _write_dicom(path, picture, "p", "1.2.3", "1.2.3.1", f"1.2.3.1.{len(decoded) + 1}", style)
         image, problem = read_dicom(path)
         assert problem is None, problem
-        decoded[style] = np.asarray(Image.open(io.BytesIO(image["png"])), dtype=np.float64)
+        decoded[style] = np.asarray(Image.open(io.BytesIO(image["image"])), dtype=np.float64)
     for style, pixels in decoded.items():
         assert pixels.shape == picture.shape
         assert np.abs(pixels - picture * 255).mean() < 4, style  # same picture, within JPEG/rounding error
@@ -157,3 +157,27 @@ def test_pneumothorax_learns_and_option_scoring_agrees_with_generation(small_sii
     written = [p for p in [*run.rglob("*"), *(small_siim / "data").rglob("*")] if p.is_file()]
     leaks = {(p.name, i) for p in written for i in identifiers if i.encode() in p.read_bytes()}
     assert identifiers and not leaks
+
+
+def test_films_larger_than_the_model_input_are_stored_at_its_size(tmp_path):
+    """A 1,024 px film is stored 896 px, exactly as the Gemma 3 processor would resize it (PIL bilinear), and
+    uncompressed; `--image-size 0` and films no larger than the size keep their own size."""
+    from data_prep.siim_acr import _chest, _write_dicom
+    from PIL import Image
+    import io
+
+    for size in (1024, 256):
+        path = tmp_path / f"{size}.dcm"
+        _write_dicom(path, _chest(np.random.default_rng(0), positive=True, size=size), "p", "1.2", "1.2.1",
+                     f"1.2.1.{size}", "raw")
+        full, _ = read_dicom(path, 0)
+        stored, problem = read_dicom(path, 896)
+        assert problem is None, problem
+        with Image.open(io.BytesIO(full["image"])) as original, Image.open(io.BytesIO(stored["image"])) as image:
+            assert image.format == "TIFF" and image.info.get("compression") == "raw" and image.mode == "L"
+            assert original.size == (size, size)
+            if size > 896:
+                expected = original.resize((896, 896), Image.Resampling.BILINEAR)
+                assert np.array_equal(np.asarray(image), np.asarray(expected))
+            else:
+                assert np.array_equal(np.asarray(image), np.asarray(original))

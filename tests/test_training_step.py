@@ -1,6 +1,6 @@
 """One real training step of the shipped LoRA recipe on the tiny model (TRL's SFTTrainer as `medtune train`
 builds it, activation checkpointing on): the frozen vision tower stays out of autograd without changing the
-loss or a gradient; the vision side still trains when the recipe asks; the language model's attention
+loss or a gradient; model-ready uint8 pixels train like the image processor's values; the vision side still trains when the recipe asks; the language model's attention
 implementation does not change the loss; running out of memory ends with the keys that fix it."""
 from __future__ import annotations
 
@@ -82,6 +82,22 @@ def test_the_frozen_tower_leaves_autograd_and_nothing_else_changes(small_crc, tm
     assert step.grads.keys() == plain_step.grads.keys()
     for name, grad in step.grads.items():
         torch.testing.assert_close(grad, plain_step.grads[name], rtol=0, atol=0)
+
+
+def test_model_ready_pixels_train_like_the_image_processors_values(small_crc, tmp_path):
+    """The recipe's collator hands the model uint8 pixels that its tower normalises (medtune.pixels); the same
+    step fed the image processor's float values sees the same loss and gradients."""
+    from medtune.collator import build_collator
+
+    ready = _trainer(small_crc, tmp_path)
+    assert ready.data_collator.pixels is not None
+    step, _ = _train_one_step(ready)
+    plain = _trainer(small_crc, tmp_path)
+    plain.data_collator = build_collator(plain.processing_class, plain.args.max_length)  # the processor's path
+    plain_step, _ = _train_one_step(plain)
+    assert step.losses == pytest.approx(plain_step.losses, rel=1e-6)
+    for name, grad in step.grads.items():
+        torch.testing.assert_close(grad, plain_step.grads[name], rtol=1e-5, atol=1e-7)
 
 
 def test_lora_on_the_tower_keeps_it_in_autograd_and_trains_it(small_crc, tmp_path):
