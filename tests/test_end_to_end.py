@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -173,7 +174,8 @@ def test_qlora_is_refused_under_zero3_before_the_model_loads(small_crc, tmp_path
                                        "after a complete checkpoint"])
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint(kill_when, small_crc, tmp_path):
     """kill -9 at a point of the run, then the same command again: it resumes from the newest complete
-    checkpoint (or starts over), never from a half-written one, and ends at the same final step."""
+    checkpoint (or starts over), never from a half-written one (no state yet, or a state, adapter or optimizer
+    cut short after the state was written), says which it passed over, and ends at the same final step."""
     import signal
     import subprocess
 
@@ -195,10 +197,22 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(kill_when, small
     half_written = tmp_path / "checkpoint-35"  # as a kill during a save leaves it: no trainer_state.json
     half_written.mkdir(exist_ok=True)
     (half_written / "adapter_model.safetensors").write_bytes(b"")
+    if complete:  # as a full disk or a power cut can leave one after its state was written
+        for name, cut in (("checkpoint-36", "adapter_model.safetensors"), ("checkpoint-37", "trainer_state.json"),
+                          ("checkpoint-38", "optimizer.pt")):
+            shutil.copytree(tmp_path / f"checkpoint-{max(complete)}", tmp_path / name)
+            path = tmp_path / name / cut
+            path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2] if cut != "adapter_model.safetensors"
+                             else b"")
 
     again = run_cli(*command)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
     if complete:
+        assert "checkpoint-38 passed over: optimizer.pt is unreadable" in again.stdout
+        assert "checkpoint-37 passed over: trainer_state.json is unreadable" in again.stdout
+        assert "checkpoint-36 passed over: adapter_model.safetensors is unreadable" in again.stdout
+        assert "checkpoint-35 passed over: no trainer_state.json" in again.stdout
         assert f"resuming from {tmp_path / f'checkpoint-{max(complete)}'}" in again.stdout
         kept = {p.name for p in (tmp_path / f"checkpoint-{max(complete)}").iterdir()}
         assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",

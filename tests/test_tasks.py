@@ -77,7 +77,30 @@ def test_an_unparsable_answer_is_never_a_class():
     assert all(v["precision"] == 1.0 for k, v in one_unparsable["per_class"].items() if v["support"] and k != "DEB")
 
 
-def test_confusion_matrix_png(tmp_path):
-    m = TASK.compute_metrics([0, 1, 2, 3], [0, 1, 3, UNPARSABLE])
-    (path,) = TASK.write_figures(m, m["per_example"], tmp_path, "finetuned")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def _drawn_box(path):
+    """(left, top, right, bottom) margins in pixels between the image's edges and what is drawn on it."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        ink = np.asarray(image.convert("L")) < 250
+    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return columns[0], rows[0], ink.shape[1] - 1 - columns[-1], ink.shape[0] - 1 - rows[-1]
+
+
+@pytest.mark.parametrize("name", ["tissue_classification", "pneumothorax", "report_generation"])
+def test_every_figure_fits_its_canvas(name, tmp_path):
+    """Nothing drawn touches an edge (a title or label cut off would) and no side keeps a wide empty margin."""
+    task = get_task(name)
+    if name == "report_generation":
+        refs = ["No acute cardiopulmonary process.", "Small left pleural effusion.", "Heart size is normal."]
+        m = task.compute_metrics(refs, ["No acute process.", "Large right effusion.", "Heart size is normal."])
+    else:
+        labels = list(range(len(task.class_names)))
+        m = task.compute_metrics(labels * 3, labels * 2 + [UNPARSABLE] * len(labels))
+    paths = task.write_figures(m, m["per_example"], tmp_path, "finetuned")
+    assert paths
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        margins = _drawn_box(path)
+        assert all(2 <= margin <= 20 for margin in margins), (path.name, margins)

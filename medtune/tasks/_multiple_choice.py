@@ -143,5 +143,5 @@ class MultipleChoiceTask:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         headline = self.table_metrics[0]
-        ax.set_title(f"{self.name} — {prefix} ({headline} {metrics[headline]:.3f})")
+        ax.set_title(f"{self.name} — {prefix}\n{headline} {metrics[headline]:.3f}")
         return [_figures.save(fig, out_dir / f"{prefix}_confusion_matrix.png")]

@@ -79,7 +79,7 @@ class ReportGenerationTask:
         ax.hist(values, bins=20, range=(0, 1), color="tab:blue")
         ax.set_xlabel("ROUGE-L per report")
         ax.set_ylabel("reports")
-        ax.set_title(f"{self.name} — {prefix} (ROUGE-L {metrics['rouge_l']:.3f})")
+        ax.set_title(f"{self.name} — {prefix}\nROUGE-L {metrics['rouge_l']:.3f}")
         return [_figures.save(fig, out_dir / f"{prefix}_rouge_l.png")]
 
 
