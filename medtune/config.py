@@ -101,6 +101,9 @@ class EvalSection:
     # processes that decode and preprocess the next batches' images while the model runs; 0: none (in the main
     # process); None: on a GPU one per core the process can spare (at most 8), on a CPU none
     num_workers: int | None = field(default=None, metadata=_range(0))
+    # validation during training (training.eval_strategy): tasks without options (reports) are scored on the
+    # task metric by greedy generation, on this many validation rows (generation is slow)
+    validation_generations: int = field(default=32, metadata=_range(1))
 
 
 @dataclass
@@ -140,6 +143,11 @@ _OWNED_ELSEWHERE = {
 _RENAMED = {"gradient_checkpointing": "activation_checkpointing",
             "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 _TRAINING_DEFAULTS = {"output_dir": None}
+# training keys that are medtune's, not SFTConfig's
+MEDTUNE_TRAINING_KEYS = {
+    # stop when the validation metric (training.metric_for_best_model) has not improved for this many evaluations
+    "early_stopping_patience": _range(1),
+}
 
 
 @dataclass
@@ -324,6 +332,9 @@ def _build_training(raw: Any) -> dict[str, Any]:
         if key in _RENAMED:
             raise RecipeError(f"training.{key}", f"renamed: use training.{_RENAMED[key]} (transformers 5.24 "
                                                  "deprecates the old name and ignores it when the new one is set)")
+        if key in MEDTUNE_TRAINING_KEYS:
+            _check_value(f"training.{key}", value, frozenset({"int", "None"}), None, MEDTUNE_TRAINING_KEYS[key])
+            continue
         if key not in fields:
             raise RecipeError(f"training.{key}", f"not an SFTConfig field{_suggest(key, fields)}")
         _check_value(f"training.{key}", value, fields[key].kinds, None, _TRAINING_RANGES.get(key, {}))
@@ -333,6 +344,9 @@ def _build_training(raw: Any) -> dict[str, Any]:
     if training.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
         raise RecipeError("training.use_liger_kernel", "needs liger-kernel, whose Triton kernels run on a CUDA GPU: "
                                                        "pip install 'medtune[liger]', or set it false")
+    if training.get("early_stopping_patience") and training.get("eval_strategy", "no") == "no":
+        raise RecipeError("training.early_stopping_patience", "needs validation during training: set "
+                                                              "training.eval_strategy: steps (and eval_steps)")
     if training.get("learning_rate") == 0:
         raise RecipeError("training.learning_rate", "0 trains nothing: use e.g. 2.0e-4")
     return training

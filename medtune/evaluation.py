@@ -157,24 +157,17 @@ def score_options(model, processor, rows, option_ids: list[int], batch_size: int
     return torch.cat(scores).tolist() if scores else []
 
 
-def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: str, out_dir: Path,
-             model_label: str) -> dict[str, Any] | None:
-    """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
-
-    `settings` is the recipe's eval section: mode "generate" is greedy generation, answers parsed by the task
-    (the paper's way, the default); mode "score" is option scoring (classification tasks). Returns the result
-    on the main process only.
-    """
+def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, desc: str):
+    """Every rank predicts its share of `dataset` (greedy answers, or option scores in mode "score"); the main
+    process gathers them: (records, references, predictions, scores, how), None on the other ranks."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     state = PartialState()
-    started = time.time()
-    mode = settings.mode
     batch_size = settings.batch_size or default_batch_size(model, mode)
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     max_new_tokens = settings.max_new_tokens or task.max_new_tokens
-    desc, show = f"eval {name} ({mode})", state.is_local_main_process
+    show = state.is_local_main_process
     # Equal shards (the last padded with a repeat, dropped when gathering by id): under ZeRO-3 every forward is
     # collective, so all ranks must run the same number of batches.
     with state.split_between_processes(list(range(len(dataset))), apply_padding=True) as shard, \
@@ -210,7 +203,26 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
         references.append(reference)
         predictions.append(parsed)
         records.append({**record, "parsed": parsed})
-    metrics = task.compute_metrics(references, predictions, scores if mode == "score" else None)
+    how = {"mode": mode, "batch_size": batch_size, "processes": state.num_processes, "loader_workers": workers,
+           **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})}
+    return records, references, predictions, scores if mode == "score" else None, how, inference_seconds
+
+
+def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: str, out_dir: Path,
+             model_label: str) -> dict[str, Any] | None:
+    """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
+
+    `settings` is the recipe's eval section: mode "generate" is greedy generation, answers parsed by the task
+    (the paper's way, the default); mode "score" is option scoring (classification tasks). Returns the result
+    on the main process only.
+    """
+    started = time.time()
+    predicted = _predict(model, processor, dataset, task, settings, settings.mode,
+                         f"eval {name} ({settings.mode})")
+    if predicted is None:
+        return None
+    records, references, predictions, scores, how, inference_seconds = predicted
+    metrics = task.compute_metrics(references, predictions, scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_example = metrics.pop("per_example")  # the task's scores of each example: saved with its prediction
     with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
@@ -219,14 +231,31 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     result = {
         "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
         "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
-        "inference_seconds": round(inference_seconds, 2),
-        "decoding": {"mode": mode, "batch_size": batch_size, "processes": state.num_processes,
-                     "loader_workers": workers,
-                     **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {})},
+        "inference_seconds": round(inference_seconds, 2), "decoding": how,
     }
     result["figures"] = [p.name for p in task.write_figures(metrics, per_example, out_dir, name)]
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def validation_metrics(model, processor, dataset, task, settings: EvalSection) -> dict[str, Any]:
+    """The task's metrics on the validation split during training, computed as the final evaluation computes
+    them: by option scoring where the task has options (one forward a batch: cheap), else by greedy generation
+    on the first `eval.validation_generations` rows. Numbers, and `<metric>_unavailable` reasons; the same on
+    every rank (each scores its share, the main process computes, then tells the others)."""
+    from accelerate.utils import broadcast_object_list
+
+    mode = "score" if hasattr(task, "options") else "generate"
+    if mode == "generate":
+        dataset = dataset.select(range(min(settings.validation_generations, len(dataset))))
+    predicted = _predict(model, processor, dataset, task, settings, mode, f"validation ({mode})")
+    summary = None
+    if predicted is not None:
+        _, references, predictions, scores, _, _ = predicted
+        metrics = task.compute_metrics(references, predictions, scores)
+        summary = {k: v for k, v in metrics.items()
+                   if (isinstance(v, (int, float)) and not isinstance(v, bool)) or k.endswith("_unavailable")}
+    return broadcast_object_list([summary])[0]
 
 
 COMPARISON_COLUMNS = ["task", "metric", "out-of-box", "fine-tuned"]

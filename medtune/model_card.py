@@ -203,6 +203,10 @@ def training_lines(recipe: Recipe, run_info: dict[str, Any]) -> list[str]:
         lines.append(f"precision and hardware: {hardware}")
     if run_info.get("train_seconds") is not None:
         lines.append(f"training wall time: {run_info['train_seconds'] / 60:.1f} min")
+    best = run_info.get("best_checkpoint")
+    if best:
+        lines.append(f"the adapter is the best validation step's: step {best['step']} of {best['last_step']} "
+                     f"({best['metric']} {best['value']:.4g} on the validation split)")
     return lines
 
 

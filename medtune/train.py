@@ -83,6 +83,17 @@ def resume_checkpoint(recipe: Recipe) -> str | None:
     return newest_complete_checkpoint(recipe.output_dir, print if PartialState().is_main_process else lambda _: None)
 
 
+def saves_at_every_validation(training: dict) -> bool:
+    """Whether a checkpoint is written at each validation step, which keeping the best one needs."""
+    strategy = training.get("save_strategy", "steps")
+    if strategy != training.get("eval_strategy"):
+        return False
+    if strategy != "steps":
+        return True
+    every = training.get("eval_steps") or training.get("logging_steps", 500)  # the Trainer's fallback
+    return training.get("save_steps", 500) % every == 0
+
+
 def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
     """The trainer's arguments: the recipe's `training` section plus what medtune owns (precision, loss, tracker)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
@@ -90,7 +101,18 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
 
     from medtune import tracking
 
-    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
+    from medtune.config import MEDTUNE_TRAINING_KEYS
+    from medtune.tasks import get_task
+
+    training = {k: v for k, v in recipe.training.items()
+                if k != "resume_from_checkpoint" and k not in MEDTUNE_TRAINING_KEYS}
+    if training.get("eval_strategy", "no") != "no":
+        # Validation scores the task's own metric (medtune.evaluation.validation_metrics); the checkpoint kept,
+        # evaluated and exported is the best one on its headline metric, unless the recipe says otherwise.
+        if "metric_for_best_model" not in training:
+            training.update(metric_for_best_model=f"eval_{get_task(recipe.task.name).table_metrics[0]}",
+                            greater_is_better=True)
+        training.setdefault("load_best_model_at_end", saves_at_every_validation(training))
     args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
                      **tracking.training_arguments(recipe))
     if is_deepspeed_zero3_enabled() and recipe.quantization.load_in_4bit:
@@ -143,16 +165,57 @@ def project_labelled_positions_only() -> None:
     trl_utils._use_triton = compact
 
 
+def _medtune_trainer(**kwargs):
+    """TRL's SFTTrainer whose validation also scores the task's own metrics."""
+    from trl import SFTTrainer
+
+    class MedtuneTrainer(SFTTrainer):
+        """At each validation, the task's metrics on the validation split (`validate(model)`) join the loss, as
+        `eval_<metric>`: logged to the tracker, seen by early stopping, and what `metric_for_best_model` picks
+        the best checkpoint on. The Trainer's documented extension point: `evaluation_loop`'s metrics."""
+
+        def __init__(self, *args, validate=None, selection_fallbacks=(), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.validate, self.selection_fallbacks = validate, selection_fallbacks
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            if self.validate is not None and metric_key_prefix == "eval":
+                metrics = self.validate(self.model)
+                output.metrics.update({f"eval_{k}": v for k, v in metrics.items() if not isinstance(v, str)})
+                self._select_on_an_available_metric(metrics)
+            return output
+
+        def _select_on_an_available_metric(self, metrics):
+            """A headline metric that cannot be computed here (RadGraph without its model) hands the choice of
+            the best checkpoint to the next of the task's metrics, once, saying why."""
+            wanted = (self.args.metric_for_best_model or "").removeprefix("eval_")
+            if wanted in metrics or wanted not in self.selection_fallbacks:
+                return
+            fallback = next((k for k in self.selection_fallbacks if isinstance(metrics.get(k), float)), None)
+            if fallback is not None:
+                self.args.metric_for_best_model = f"eval_{fallback}"
+                if self.is_world_process_zero():
+                    print(f"checkpoints are compared on eval_{fallback}: {wanted} is unavailable "
+                          f"({metrics.get(wanted + '_unavailable', 'not computed')})")
+
+    return MedtuneTrainer(**kwargs)
+
+
 def build_trainer(recipe: Recipe, args, precision: str):
     """(SFTTrainer, processor) for the recipe: its data, model, LoRA adapter and answer-only collator.
     Shared with benchmarks/, so that what is measured is what users run."""
-    from trl import SFTTrainer
+    from transformers import EarlyStoppingCallback
 
     from medtune.collator import build_collator
     from medtune.data import load_split
+    from medtune.evaluation import validation_metrics
     from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
                                load_processor, lora_config)
     from medtune.pixels import model_ready_inputs
+    from medtune.tasks import get_task
 
     project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
@@ -162,10 +225,17 @@ def build_trainer(recipe: Recipe, args, precision: str):
     if recipe.model.compile_decoder_layers:
         compile_decoder_layers(model)
     collator_processor, pixels = model_ready_inputs(model, processor)  # the processor itself is saved, unchanged
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
-                         eval_dataset=validation_set if args.eval_strategy != "no" else None,
-                         processing_class=processor, data_collator=build_collator(collator_processor, args.max_length, pixels),
-                         peft_config=lora_config(recipe))
+    validating = args.eval_strategy != "no"
+    task = get_task(recipe.task.name)
+    patience = recipe.training.get("early_stopping_patience")
+    trainer = _medtune_trainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=validation_set if validating else None,
+        processing_class=processor, data_collator=build_collator(collator_processor, args.max_length, pixels),
+        peft_config=lora_config(recipe),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else None,
+        validate=(lambda m: validation_metrics(m, processor, validation_set, task, recipe.eval)) if validating
+        else None,
+        selection_fallbacks=task.table_metrics)
     # TRL 1.16 edits `gradient_checkpointing_kwargs` (it forces reentrant checkpointing under ZeRO-3, which PEFT
     # needs there), but transformers 5.24 made that a deprecated alias of `activation_checkpointing_kwargs`, the
     # one its Trainer reads, and TRL may have put a new dict under the old name: carry TRL's edit over.
@@ -181,9 +251,16 @@ def describe_training(args, recipe: Recipe, processes: int) -> str:
             f"{recipe.model.vision_attn_implementation}); activation checkpointing ")
     every = checkpointed_every(args)
     if every is None:
-        return line + "off"
-    reentrant = "reentrant" if (args.activation_checkpointing_kwargs or {}).get("use_reentrant") else "non-reentrant"
-    return line + f"on, {reentrant}, {'every layer' if every == 1 else f'every {every} layers'}"
+        line += "off"
+    else:
+        reentrant = ("reentrant" if (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
+                     else "non-reentrant")
+        line += f"on, {reentrant}, {'every layer' if every == 1 else f'every {every} layers'}"
+    if args.eval_strategy != "no":
+        when = f"every {args.eval_steps} steps" if args.eval_strategy == "steps" else "each epoch"
+        kept = f", the best on {args.metric_for_best_model} kept" if args.load_best_model_at_end else ""
+        line += f"; validation {when}{kept}"
+    return line
 
 
 def run(recipe: Recipe) -> str | None:
@@ -239,7 +316,11 @@ def run(recipe: Recipe) -> str | None:
                            f"{last_good or 'none yet'} (resume with training.resume_from_checkpoint=auto)")
     trainer.save_model(str(out_dir))  # the adapter and the processor, complete even under ZeRO-3, written once
     if state.is_main_process:
-        update_run_info(out_dir, {"train_seconds": round(trained.metrics.get("train_runtime", 0.0), 1)})
+        facts = {"train_seconds": round(trained.metrics.get("train_runtime", 0.0), 1)}
+        if args.load_best_model_at_end and trainer.state.best_global_step:  # what the Trainer loaded back
+            facts["best_checkpoint"] = {"step": trainer.state.best_global_step, "last_step": trainer.state.global_step,
+                                        "metric": args.metric_for_best_model, "value": trainer.state.best_metric}
+        update_run_info(out_dir, facts)
 
     # ---------------------------------------------------------------- evaluation: fine-tuned and out-of-box
     # Both after training, on the same model: the base model is the adapter switched off. So every launch

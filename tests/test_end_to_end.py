@@ -8,7 +8,7 @@ import shutil
 import sys
 
 import pytest
-
+import torch
 import yaml
 
 from medtune.tiny import tiny_checkpoint_dir
@@ -141,6 +141,7 @@ def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, smal
                      "2", "medtune/train.py", "recipes/demo/tissue_classification.yaml",
                      f"quantization.load_in_4bit={method == 'qlora'}", "eval.num_workers=1",
                      "training.activation_checkpointing=true",  # as the shipped recipes train
+                     "training.eval_strategy=epoch", "training.save_strategy=epoch",  # validation, best step kept
                      f"data.path={small_crc / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = json.loads((run / "run_info.json").read_text())
@@ -159,6 +160,44 @@ def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, smal
     assert _predictions(run / "eval/single_predictions.jsonl") == _predictions(run / "eval/finetuned_predictions.jsonl")
     assert _predictions(run / "eval/single_base_predictions.jsonl") == \
         _predictions(run / "eval/baseline_predictions.jsonl")
+    # the ranks' validation metric is one process's: the saved adapter (the best step's) scores the same alone
+    best = json.loads((run / "run_info.json").read_text())["best_checkpoint"]
+    alone = run_cli("medtune", "eval", str(run / "recipe.yaml"), "--adapter", str(run), "--name", "validation",
+                    "eval.split=validation", "eval.mode=score", "eval.num_workers=0")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    metrics = json.loads((run / "eval/validation.json").read_text())["metrics"]
+    assert metrics["weighted_f1"] == pytest.approx(best["value"], abs=1e-9)
+
+
+def test_validation_scores_the_task_metric_and_the_run_keeps_its_best_step(small_crc, tmp_path):
+    """Each validation step logs the task's metrics beside the loss (trainer state and tensorboard); the
+    adapter saved, evaluated and described in the card is the best step's, not the last one's."""
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_cli(sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
+                     f"data.path={small_crc / 'data'}", f"training.output_dir={tmp_path}", "training.max_steps=6",
+                     "training.eval_strategy=steps", "training.eval_steps=2", "training.save_strategy=steps",
+                     "training.save_steps=2", "tracking.backend=tensorboard", "eval.baseline=false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
+    validated = [e for e in state["log_history"] if "eval_loss" in e]
+    assert [e["step"] for e in validated] == [2, 4, 6]
+    assert all({"eval_weighted_f1", "eval_accuracy", "eval_auroc"} <= e.keys() for e in validated)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("eval/weighted_f1")) == 3
+
+    best = state["best_global_step"]
+    assert state["best_metric"] == max(e["eval_weighted_f1"] for e in validated)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["best_checkpoint"] == {"step": best, "last_step": 6, "metric": "eval_weighted_f1",
+                                       "value": state["best_metric"]}
+    final = load_file(str(tmp_path / "adapter_model.safetensors"))
+    for step in (2, 4, 6):
+        kept = load_file(str(tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors"))
+        assert all(torch.equal(final[k], kept[k]) for k in final) == (step == best), step
+    assert f"the adapter is the best validation step's: step {best} of 6" in (tmp_path / "README.md").read_text()
 
 
 def test_qlora_is_refused_under_zero3_before_the_model_loads(small_crc, tmp_path):

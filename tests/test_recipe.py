@@ -88,6 +88,7 @@ def test_recipes_train_at_the_measured_fast_settings(recipe, batch, prepared):
     ("export.push=true", "export.repo_id", "repo id"),
     ("training.hub_token=hf_abc", "training.hub_token", "HF_TOKEN"),
     ("training.gradient_checkpointing=false", "training.gradient_checkpointing", "use training.activation_checkpointing"),
+    ("training.early_stopping_patience=0", "training.early_stopping_patience", "out of range"),
     *([("training.use_liger_kernel=true", "training.use_liger_kernel", "pip install 'medtune[liger]'")]
       if importlib.util.find_spec("liger_kernel") is None else []),
 ])
@@ -97,6 +98,12 @@ def test_bad_recipe_names_the_key_and_the_fix(override, key, words, data_path):
         load_recipe(QLORA, overrides)
     assert error.value.key == key
     assert words in str(error.value)
+
+
+def test_early_stopping_needs_validation(data_path):
+    with pytest.raises(RecipeError, match="set training.eval_strategy") as error:
+        load_recipe(QLORA, [data_path, "training.eval_strategy=no", "training.early_stopping_patience=2"])
+    assert error.value.key == "training.early_stopping_patience"
 
 
 def test_bad_recipe_on_the_command_line_is_one_line_exit_2_and_loads_nothing_heavy(data_path):

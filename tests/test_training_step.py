@@ -100,6 +100,22 @@ def test_model_ready_pixels_train_like_the_image_processors_values(small_crc, tm
         torch.testing.assert_close(grad, plain_step.grads[name], rtol=1e-5, atol=1e-7)
 
 
+def test_validation_keeps_the_best_step_on_the_task_metric_and_can_stop_early(small_crc, tmp_path):
+    """With validation on, the recipe's trainer picks checkpoints on the task's headline metric; early stopping
+    is there when asked; validation without a checkpoint at each step cannot keep the best and does not try."""
+    from transformers import EarlyStoppingCallback
+
+    validating = ["training.eval_strategy=steps", "training.eval_steps=2", "training.save_strategy=steps",
+                  "training.save_steps=4"]
+    trainer = _trainer(small_crc, tmp_path, *validating, "training.early_stopping_patience=3")
+    assert trainer.args.load_best_model_at_end and trainer.args.greater_is_better
+    assert trainer.args.metric_for_best_model == "eval_weighted_f1"
+    (stopper,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    assert stopper.early_stopping_patience == 3
+    odd = _trainer(small_crc, tmp_path, *validating[:3], "training.save_steps=3")
+    assert not odd.args.load_best_model_at_end
+
+
 def test_lora_on_the_tower_keeps_it_in_autograd_and_trains_it(small_crc, tmp_path):
     step, grad_fns = _train_one_step(_trainer(small_crc, tmp_path, "lora.adapt_vision_tower=true"))
     assert grad_fns and all(fn is not None for fn in grad_fns)
