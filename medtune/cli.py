@@ -1,4 +1,4 @@
-"""The `medtune` command: prepare | train | eval | export | inspect | demo.
+"""The `medtune` command: prepare | train | sweep | eval | export | inspect | demo.
 
 Heavy libraries load only once the arguments and the recipe are known to be good.
 """
@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, evaluate base and adapter, export (one process; "
                                               "use `accelerate launch medtune/train.py` for several)")
     _recipe_arguments(train)
+
+    sweep = commands.add_parser("sweep", help="a grid of training runs (key=a,b,c), one after another, and a table "
+                                              "of their validation and test metrics")
+    _recipe_arguments(sweep)
+    sweep.add_argument("--launcher", help='how to start each run, e.g. "accelerate launch --config_file '
+                                          'accelerate_configs/multi_gpu.yaml --num_processes 2" (default: python)')
 
     evaluate = commands.add_parser("eval", help="evaluate a base model or an adapter on the recipe's eval split")
     _recipe_arguments(evaluate)
@@ -120,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             from medtune.train import main as train_main
 
             return train_main([args.recipe, *args.overrides])
-        if args.command == "eval":
+        if args.command == "sweep":
+            from medtune.sweep import run_sweep
+
+            print(run_sweep(Path(args.recipe), args.overrides, args.launcher))
+        elif args.command == "eval":
             _evaluate(args)
         elif args.command == "export":
             from medtune.export import export
