@@ -159,7 +159,8 @@ def score_options(model, processor, rows, option_ids: list[int], batch_size: int
 
 def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, desc: str):
     """Every rank predicts its share of `dataset` (greedy answers, or option scores in mode "score"); the main
-    process gathers them: (records, references, predictions, scores, how), None on the other ranks."""
+    process gathers them: (records, references, predictions, scores, how, inference seconds), None on the
+    other ranks."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 

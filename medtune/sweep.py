@@ -48,13 +48,15 @@ def split_grid(overrides: list[str]) -> tuple[list[tuple[str, list[str]]], list[
     return axes, fixed
 
 
-def plan(recipe_path: Path, overrides: list[str]) -> tuple[Path, list[tuple[str, list[str]]], list[SweepRun], list[str]]:
-    """The sweep's folder, axes and runs, every run's recipe validated before any of them starts."""
+def plan(recipe_path: Path, overrides: list[str]):
+    """(the recipe with the fixed overrides, the axes, the runs, the fixed overrides), every run's recipe
+    validated before any of them starts."""
     axes, fixed = split_grid(overrides)
     if not axes:
         raise RecipeError("", "a sweep needs at least one key with several values, e.g. "
                               "training.learning_rate=5e-5,1e-4,2e-4")
-    sweep_dir = load_recipe(recipe_path, fixed).output_dir / "sweep"
+    recipe = load_recipe(recipe_path, fixed)
+    sweep_dir = recipe.output_dir / "sweep"
     runs = []
     for values in itertools.product(*(v for _, v in axes)):
         own = [f"{key}={value}" for (key, _), value in zip(axes, values)]
@@ -62,7 +64,7 @@ def plan(recipe_path: Path, overrides: list[str]) -> tuple[Path, list[tuple[str,
         run = SweepRun(name, own, sweep_dir / name)
         load_recipe(recipe_path, [*fixed, *own, f"training.output_dir={run.output_dir}"])  # refused here, not later
         runs.append(run)
-    return sweep_dir, axes, runs, fixed
+    return recipe, axes, runs, fixed
 
 
 def finished(run: SweepRun, evaluates: bool) -> bool:
@@ -74,8 +76,8 @@ def finished(run: SweepRun, evaluates: bool) -> bool:
 
 def run_sweep(recipe_path: Path, overrides: list[str], launcher: str | None = None) -> str:
     """Runs what is left of the grid and returns the table."""
-    sweep_dir, axes, runs, fixed = plan(recipe_path, overrides)
-    recipe = load_recipe(recipe_path, fixed)
+    recipe, axes, runs, fixed = plan(recipe_path, overrides)
+    sweep_dir = recipe.output_dir / "sweep"
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record_path = sweep_dir / "sweep.json"  # wall times and exit codes of the runs so far
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
@@ -107,7 +109,7 @@ def sweep_table(recipe, axes, runs: list[SweepRun], record: dict) -> str:
     from medtune.tasks import get_task
 
     task = get_task(recipe.task.name)
-    rows, best_value, best_row = [], None, None
+    rows, best_value, best_row, metric = [], None, None, "validation metric"
     for run in runs:
         info_path, test_path = run.output_dir / "run_info.json", run.output_dir / "eval" / "finetuned.json"
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
@@ -128,23 +130,12 @@ def sweep_table(recipe, axes, runs: list[SweepRun], record: dict) -> str:
         values = [o.partition("=")[2] for o in run.overrides]
         rows.append(["", *values, validation, *tests, wall])
         if best and (best_value is None or best["value"] > best_value):
-            best_value, best_row = best["value"], rows[-1]
+            best_value, best_row, metric = best["value"], rows[-1], best["metric"]
     if best_row is not None:
         best_row[0] = "best"
-    metric = selection_metric(runs) or "validation metric"
     header = ["", *(key for key, _ in axes), f"best {metric}", *(f"test {k}" for k in task.table_metrics), "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     note = "" if best_row is not None else "\nNo run validated (training.eval_strategy): none is marked best.\n"
     return "\n".join(lines) + "\n" + note
 
-
-def selection_metric(runs: list[SweepRun]) -> str | None:
-    """The validation metric the runs selected their checkpoints on, as the first finished run recorded it."""
-    for run in runs:
-        info_path = run.output_dir / "run_info.json"
-        if info_path.is_file():
-            best = json.loads(info_path.read_text(encoding="utf-8")).get("best_checkpoint")
-            if best:
-                return best["metric"]
-    return None
