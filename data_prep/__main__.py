@@ -7,6 +7,7 @@ from pathlib import Path
 
 from data_prep import dataset_names, get_reader
 from data_prep._common import PrepError
+from medtune.tasks import data_prep_readers, task_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--src", type=Path, required=True, help="the raw download, as the publisher lays it out")
         sub.add_argument("--out", type=Path, required=True, help="where to write the DatasetDict")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-        sub.add_argument("--recipe", type=Path, help="take the split options (data.seed, data.test_fraction) "
-                                                     "from this recipe, so that training and data agree")
+        sub.add_argument("--recipe", type=Path,
+                         help="take the split options (data.seed, data.test_fraction) and, for your own data, the "
+                              "task (task.name, .question, .options) from this recipe, so that training and data agree")
         reader.add_arguments(sub)
     synthetic = commands.add_parser("synthetic", help="write a small synthetic stand-in in a dataset's raw layout")
     synthetic.add_argument("name", choices=dataset_names())
@@ -32,14 +34,30 @@ SPLIT_OPTIONS = ("seed", "test_fraction")  # recipe data.* keys that shape the s
 
 
 def apply_recipe_options(args: argparse.Namespace) -> None:
+    """The recipe's split options, and for the readers of your own data its task: the task's name, question and
+    option texts, which the prompts are written with."""
     from medtune.config import load_yaml  # the recipe loader: `2e-1` is a float there too
 
     if not args.recipe.is_file():
         raise PrepError(f"--recipe {args.recipe} not found")
-    data = (load_yaml(args.recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+    recipe = load_yaml(args.recipe.read_text(encoding="utf-8")) or {}
+    data, task = recipe.get("data") or {}, recipe.get("task") or {}
     for key in SPLIT_OPTIONS:
         if data.get(key) is not None and hasattr(args, key):
             setattr(args, key, data[key])
+    if not hasattr(args, "question"):  # a reader of a built-in dataset: its task's prompts are fixed
+        return
+    tasks = [name for name in task_names() if args.dataset in data_prep_readers(name)]
+    if task.get("name") not in tasks:
+        raise PrepError(f"--recipe {args.recipe}: task.name is {task.get('name')!r}, but {args.dataset} prepares "
+                        f"data for {' or '.join(tasks)}")
+    if hasattr(args, "task"):
+        args.task = task["name"]
+    if task.get("question") is not None and args.question is None:
+        args.question = task["question"]
+    if not isinstance(task.get("options") or {}, dict):
+        raise PrepError(f"--recipe {args.recipe}: task.options must map each class to its option text")
+    args.option = [*(f"{name}={text}" for name, text in (task.get("options") or {}).items()), *args.option]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.recipe:
             apply_recipe_options(args)
-        if not args.src.is_dir():
+        if getattr(get_reader(args.dataset), "SOURCE_IS_FILE", False):
+            if not args.src.is_file():
+                raise PrepError(f"--src {args.src} is not a file")
+        elif not args.src.is_dir():
             raise PrepError(f"--src {args.src} is not a folder")
         report = get_reader(args.dataset).prepare(args.src, args.out, args)
     except PrepError as e:

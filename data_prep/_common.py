@@ -33,6 +33,9 @@ class PrepReport:
     notes: list[str] = field(default_factory=list)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # how the splits were made (seed, fractions)
+    # the task whose prompts the rows carry: {name} (and a generic task's question and options), which the
+    # recipe validator checks against the recipe's task section
+    task: dict[str, Any] = field(default_factory=dict)
     hash_key: bytes | None = field(default=None, repr=False)  # for skip_hashed
     in_clear: list[str] = field(default_factory=list, repr=False)  # skip_hashed's lines, for the terminal only
 
@@ -47,7 +50,9 @@ class PrepReport:
 
     def count_split(self, split: str, labels: Iterable[str]) -> None:
         per_class = Counter(labels)
-        self.splits[split] = {"total": sum(per_class.values()), "per_class": dict(sorted(per_class.items()))}
+        self.splits[split] = {"total": sum(per_class.values())}
+        if None not in per_class:
+            self.splits[split]["per_class"] = dict(sorted(per_class.items()))
 
     def to_dict(self) -> dict[str, Any]:
         reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
@@ -60,7 +65,7 @@ class PrepReport:
         return {
             "dataset": self.dataset, "source": self.source,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions, "options": self.options, "splits": self.splits,
+            "versions": versions, "task": self.task, "options": self.options, "splits": self.splits,
             "skipped_count": len(self.skipped), "skipped_by_reason": dict(reasons),
             "skipped": self.skipped, "notes": self.notes,
         }
@@ -99,7 +104,7 @@ def read_image_bytes(path: Path) -> tuple[bytes | None, str | None]:
             if image.mode == "RGB":
                 return data, None
             buffer = io.BytesIO()
-            _eight_bit(image).convert("RGB").save(buffer, format="PNG")
+            eight_bit(image).convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue(), None
     except IMAGE_ERRORS as e:
         return None, image_problem(e)
@@ -121,7 +126,7 @@ def read_image_resized(path: Path, size: int, quality: int = 95) -> tuple[bytes 
             if image.format == "JPEG":
                 image.draft("L", (size, size))
             image.load()
-            square = _eight_bit(image).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            square = eight_bit(image).convert("L").resize((size, size), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         square.save(buffer, format="JPEG", quality=quality)
         return buffer.getvalue(), None
@@ -129,7 +134,22 @@ def read_image_resized(path: Path, size: int, quality: int = 95) -> tuple[bytes 
         return None, image_problem(e)
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
+def stored_image(image: Image.Image, size: int) -> bytes:
+    """An 8-bit greyscale or RGB image as stored for training: SIZE x SIZE when it is larger (the square the
+    Gemma 3 processor resizes every image to, with its filter, so the model sees the same pixels; 0: as it is).
+    Greyscale as uncompressed TIFF (decodes in ~0.5 ms, against ~8 ms as PNG: benchmarks/input_pipeline.md, for
+    about the disk space a 1,024 px PNG takes); RGB as fast-compressed PNG (uncompressed it would take 2.4 MB)."""
+    if size and (image.width > size or image.height > size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    if image.mode == "L":
+        image.save(buffer, format="TIFF")
+    else:
+        image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scale_to_uint8(image), "L") if image.mode in HIGH_DEPTH_MODES else image
 
 
@@ -270,10 +290,29 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def save_dataset(dataset_dict, report: PrepReport, staging: Path, label_names: list[str] | None,
-                 count_by: str = "label") -> None:
-    """Count the rows written (per value of `count_by`, named by `label_names` when it is a class index), then
-    save the DatasetDict and its report into the staging folder."""
+                 count_by: str | None = "label") -> None:
+    """Count the rows written (per value of `count_by`, named by `label_names` when it is a class index; None:
+    totals only), then save the DatasetDict and its report into the staging folder."""
     for name, split in dataset_dict.items():
-        report.count_split(name, (label_names[v] if label_names else v for v in split[count_by]))
+        values = split[count_by] if count_by else [None] * len(split)
+        report.count_split(name, (label_names[v] if label_names else v for v in values))
     dataset_dict.save_to_disk(str(staging / "dataset"))
     (staging / "dataset" / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- synthetic stand-ins
+# One colour and one texture per class, far apart, so that even a tiny random vision tower separates them.
+_COLOURS = [(250, 235, 215), (30, 30, 30), (150, 80, 30), (60, 40, 160), (120, 200, 230),
+            (220, 60, 90), (60, 170, 60), (240, 150, 200), (110, 20, 60)]
+
+
+def synthetic_tile(label: int, rng, size: int = 224) -> Image.Image:
+    """A stand-in image of class `label` (0 to 8) for the synthetic datasets."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    period = 8 + 4 * (label % 4)
+    pattern = (np.sin((xx * np.cos(label) + yy * np.sin(label)) * 2 * np.pi / period) + 1) / 2  # stripes
+    base = np.array(_COLOURS[label % len(_COLOURS)], dtype=np.float32)
+    tile = base * (0.8 + 0.2 * pattern[..., None]) + rng.normal(0, 12, (size, size, 3))
+    return Image.fromarray(np.clip(tile, 0, 255).astype(np.uint8), "RGB")

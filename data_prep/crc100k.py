@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features,
-                               read_image_bytes, save_dataset, staged_output, stratified_sample, stratified_split)
+                               read_image_bytes, save_dataset, staged_output, stratified_sample, stratified_split,
+                               synthetic_tile)
 from medtune.tasks import get_task
 
 TASK = get_task("tissue_classification")
@@ -86,7 +86,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, DatasetDict
 
     options = {k: getattr(args, k) for k in ("variant", "validation_fraction", "limit_train", "limit_test", "seed")}
-    report = PrepReport(dataset="crc100k", source=str(src), options=options)
+    report = PrepReport(dataset="crc100k", task={"name": TASK.name}, source=str(src), options=options)
     train_root = _train_dir(src, args.variant)
     if not (src / TEST_DIR).is_dir():
         raise PrepError(f"{src} has no {TEST_DIR}/ folder: unzip CRC-VAL-HE-7K.zip from Zenodo record 1214456 into it")
@@ -109,21 +109,6 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
 
 
 # ----------------------------------------------------------------------------- synthetic stand-in
-# One colour and one texture per class, far apart, so that even a tiny random vision tower separates them.
-_COLOURS = [(250, 235, 215), (30, 30, 30), (150, 80, 30), (60, 40, 160), (120, 200, 230),
-            (220, 60, 90), (60, 170, 60), (240, 150, 200), (110, 20, 60)]
-
-
-def _synthetic_tile(label: int, rng: np.random.Generator) -> Image.Image:
-    size = 224
-    yy, xx = np.mgrid[0:size, 0:size]
-    period = 8 + 4 * (label % 4)
-    pattern = (np.sin((xx * np.cos(label) + yy * np.sin(label)) * 2 * np.pi / period) + 1) / 2  # stripes
-    base = np.array(_COLOURS[label], dtype=np.float32)
-    tile = base * (0.8 + 0.2 * pattern[..., None]) + rng.normal(0, 12, (size, size, 3))
-    return Image.fromarray(np.clip(tile, 0, 255).astype(np.uint8), "RGB")
-
-
 def synthesize(out: Path, seed: int = 0, train_per_class: int = 40, test_per_class: int = 12) -> None:
     """A small stand-in in the publisher's layout, with the broken files real downloads have."""
     rng = np.random.default_rng(seed)
@@ -133,7 +118,7 @@ def synthesize(out: Path, seed: int = 0, train_per_class: int = 40, test_per_cla
             class_dir.mkdir(parents=True, exist_ok=True)
             for _ in range(per_class):
                 code = "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 8))
-                _synthetic_tile(label, rng).save(class_dir / f"{name}-{code}.tif")
+                synthetic_tile(label, rng).save(class_dir / f"{name}-{code}.tif")
     broken = out / TRAIN_DIRS[0]
     (broken / "ADI" / "ADI-EMPTYFILE.tif").write_bytes(b"")
     truncated = (broken / "TUM").glob("TUM-*.tif").__next__().read_bytes()

@@ -196,7 +196,8 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     options = {"split": "official", "views": views, "images_per_study": args.images_per_study,
                "image_size": args.image_size, "seed": args.seed,
                **{f"limit_{s}": getattr(args, f"limit_{s}") for s in SPLITS.values()}}
-    report = PrepReport(dataset="mimic_cxr", source=str(src), options=options, hash_key=id_key())
+    report = PrepReport(dataset="mimic_cxr", task={"name": TASK.name}, source=str(src), options=options,
+                        hash_key=id_key())
     if not (src / "files").is_dir():
         raise PrepError(f"{src} has no files/ folder: download MIMIC-CXR-JPG from PhysioNet into it")
     studies = group_by(list_studies(src, views, report), lambda s: s.split)

@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep import _dicom
 from data_prep._common import (MODEL_IMAGE_SIZE, PrepError, PrepReport, build_split, conversation,
-                               conversation_features, hashed_id, id_key, save_dataset, scale_to_uint8, staged_output,
+                               conversation_features, hashed_id, id_key, save_dataset, staged_output, stored_image,
                                stratified_split)
 from medtune.tasks import get_task
 
@@ -71,49 +72,16 @@ def read_labels(csv_path: Path, report: PrepReport) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- images
-def to_8bit(dataset) -> np.ndarray:
-    """The pixel data as 8-bit grayscale, as a radiologist would see it (MONOCHROME2, windowed)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    pixels = dataset.pixel_array
-    if pixels.ndim != 2:
-        raise ValueError(f"expected one grayscale frame, got shape {pixels.shape}")
-    if pixels.dtype != np.uint8 or "WindowCenter" in dataset:
-        pixels = scale_to_uint8(apply_voi_lut(apply_modality_lut(pixels, dataset), dataset))
-    if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        pixels = 255 - pixels  # MONOCHROME1 shows low values as white
-    return pixels
-
-
-def stored_film(pixels: np.ndarray, size: int) -> bytes:
-    """The 8-bit film as stored: SIZE x SIZE when it is larger (the square the Gemma 3 processor resizes every
-    image to, with its filter, so the model sees the same pixels), as an uncompressed TIFF (see the docstring)."""
-    film = Image.fromarray(pixels, "L")
-    if size and (film.width > size or film.height > size):
-        film = film.resize((size, size), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    film.save(buffer, format="TIFF")
-    return buffer.getvalue()
-
-
 def read_dicom(path: Path, size: int = 0) -> tuple[dict | None, str | None]:
-    """({uid, patient, image}, None) for a readable DICOM (`image`: `stored_film` bytes), else (None, reason)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        if path.stat().st_size == 0:
-            return None, "empty file"
-        dataset = pydicom.dcmread(path)
-        uid = str(dataset.get("SOPInstanceUID", "") or path.stem)
-        pixels = to_8bit(dataset)
-    except InvalidDicomError:
-        return None, "not a DICOM file"
-    except (AttributeError, KeyError):
-        return None, "no pixel data (truncated?)"
-    except Exception as e:  # noqa: BLE001 - decoders raise anything on a broken stream: report, never crash
-        return None, f"undecodable: {type(e).__name__}: {e}"[:200]
-    return {"uid": uid, "patient": str(dataset.get("PatientID", "") or uid), "image": stored_film(pixels, size)}, None
+    """({uid, patient, image}, None) for a readable greyscale DICOM (`image`: `stored_image` bytes, at most SIZE
+    pixels a side), else (None, reason)."""
+    dicom, problem = _dicom.read_dicom(path)
+    if problem:
+        return None, problem
+    if dicom.pixels.ndim != 2:
+        return None, f"expected one greyscale frame, got shape {dicom.pixels.shape}"
+    image = stored_image(Image.fromarray(dicom.pixels), size)
+    return {"uid": dicom.uid, "patient": dicom.patient, "image": image}, None
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -121,7 +89,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     from datasets import ClassLabel, Value
 
     options = {k: getattr(args, k) for k in ("test_fraction", "validation_fraction", "seed", "image_size")}
-    report = PrepReport(dataset="siim_acr", source=str(src), options=options)
+    report = PrepReport(dataset="siim_acr", task={"name": TASK.name}, source=str(src), options=options)
     csv_path = next((src / name for name in CSV_NAMES if (src / name).is_file()), None)
     if csv_path is None:
         raise PrepError(f"{src} has no {' or '.join(CSV_NAMES)}: unzip the Kaggle SIIM-ACR download into it")

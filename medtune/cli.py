@@ -65,7 +65,7 @@ def _evaluate(args) -> None:
     from medtune.data import load_split
     from medtune.evaluation import evaluate, unavailable_notes
     from medtune.model import load_model, load_processor, resolve_precision
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
@@ -78,7 +78,7 @@ def _evaluate(args) -> None:
         model = PeftModel.from_pretrained(model, str(args.adapter))
         label += f" + {args.adapter}"
     name = args.name or ("adapter" if args.adapter else "base")
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split), task, recipe.eval,
                       name=name, out_dir=recipe.output_dir / "eval", model_label=label)
     if result:

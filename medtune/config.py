@@ -20,7 +20,7 @@ import yaml
 
 from medtune.errors import MedtuneError
 from medtune.sft_fields import sft_config_fields
-from medtune.tasks import get_task, task_names
+from medtune.tasks import data_prep_readers, is_configurable, task_for, task_names
 
 
 class RecipeError(MedtuneError):
@@ -38,6 +38,12 @@ def _range(low=None, high=None, low_open=False):
 @dataclass
 class TaskSection:
     name: str = ""  # a module of medtune/tasks/
+    # for the generic tasks (your own data); None: as the dataset was prepared.
+    # The question asked with each image (a free-text task: where a row has none of its own)
+    question: str | None = None
+    # classification: class -> the option text the model reads (`smooth_muscle: smooth muscle`); classes left
+    # out keep the dataset's text. `python -m data_prep ... --recipe` writes them into the prompts.
+    options: dict | None = None
 
 
 @dataclass
@@ -363,11 +369,12 @@ def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
     if recipe.task.name not in task_names():
         raise RecipeError("task.name", f"unknown task {recipe.task.name!r}{_suggest(recipe.task.name, task_names())}; "
                                        f"built in: {', '.join(task_names())}")
-    task = get_task(recipe.task.name)
+    _check_task_settings(recipe.task)
+    if check_data:
+        _check_data(recipe)
+    task = _resolved_task(recipe.task)
     if recipe.eval.mode == "score" and not hasattr(task, "options"):
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
-    if check_data:
-        _check_data(recipe, task)
     if recipe.export.push and not recipe.export.repo_id:
         raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
     if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
@@ -377,17 +384,41 @@ def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
     return recipe
 
 
-def _check_data(recipe: Recipe, task) -> None:
-    """The prepared dataset is there and agrees with the recipe's split options."""
+def _check_task_settings(section: TaskSection) -> None:
+    configurable = is_configurable(section.name)
+    for key in ("question", "options"):
+        if getattr(section, key) is not None and not configurable:
+            generic = " and ".join(n for n in task_names() if is_configurable(n))
+            raise RecipeError(f"task.{key}", f"{section.name} asks its own question of fixed classes: remove "
+                                             f"task.{key} (the generic tasks, {generic}, take it)")
+    if section.options is not None and not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                               for k, v in section.options.items()):
+        raise RecipeError("task.options", "must map each class name to its option text, e.g. {TUM: tumour}")
+    if section.options:
+        _resolved_task(section)  # a task that takes no options refuses them here
+
+
+def _resolved_task(section: TaskSection):
+    try:
+        return task_for(section)
+    except ValueError as e:  # a generic task shaped by settings it cannot take, or without them
+        raise RecipeError("task.options", str(e)) from None
+
+
+def _check_data(recipe: Recipe) -> None:
+    """The prepared dataset is there, was prepared for the recipe's task, and agrees with its split options."""
     data_path = Path(recipe.data.path) if recipe.data.path else None
     if data_path is None or not (data_path / "dataset_dict.json").is_file():
         if data_path is None:
             what = "is not set"
         else:
             what = f"{str(data_path)!r} " + ("is not a prepared dataset" if data_path.exists() else "does not exist")
-        raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep {task.dataset} --src RAW "
-                                       f"--out DIR` and pass data.path=DIR")
-    prepared = _prep_options(data_path)
+        raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep "
+                                       f"{'|'.join(data_prep_readers(recipe.task.name))} --src RAW --out DIR` and pass "
+                                       "data.path=DIR")
+    report = _prep_report(data_path)
+    _check_prepared_task(recipe.task, report.get("task"), data_path)
+    prepared = report.get("options") or {}
     if recipe.data.test_fraction is not None and prepared and "test_fraction" not in prepared:
         raise RecipeError("data.test_fraction", f"{data_path} has the publisher's own test split, not one data_prep "
                                                 "draws: remove data.test_fraction")
@@ -398,11 +429,39 @@ def _check_data(recipe: Recipe, task) -> None:
                                                 f"set data.test_fraction={prepared['test_fraction']}")
 
 
-def _prep_options(data_path: Path) -> dict[str, Any]:
+def _check_prepared_task(section: TaskSection, prepared: dict[str, Any] | None, data_path: Path) -> None:
+    """The dataset was prepared for this task (datasets prepared before data_prep recorded it pass); a generic
+    task takes the question and options its prompts were written with, and the recipe's must agree with them."""
+    if not prepared:
+        return
+    if prepared.get("name") != section.name:
+        raise RecipeError("task.name", f"{section.name} but {data_path} was prepared for {prepared.get('name')}: "
+                                       f"set task.name={prepared.get('name')}, or point data.path at "
+                                       f"data prepared for {section.name}")
+    if not is_configurable(section.name):
+        return
+    if section.question is not None and section.question != prepared.get("question"):
+        raise RecipeError("task.question", f"{section.question!r} but {data_path}'s prompts ask "
+                                           f"{prepared.get('question')!r}: prepare it again with --recipe "
+                                           "(the prompts are written then), or remove task.question")
+    classes = prepared.get("options") or {}
+    unknown = [c for c in section.options or {} if c not in classes]
+    if unknown:
+        raise RecipeError("task.options", f"no class {unknown[0]!r} in {data_path} (its classes: "
+                                          f"{', '.join(classes)})")
+    changed = [c for c, text in (section.options or {}).items() if classes[c] != text]
+    if changed:
+        raise RecipeError("task.options", f"{changed[0]}: {section.options[changed[0]]!r} but {data_path}'s prompts "
+                                          f"read {classes[changed[0]]!r}: prepare it again with --recipe (the "
+                                          "prompts are written then), or remove the option")
+    section.question, section.options = prepared.get("question"), (dict(classes) or None)
+
+
+def _prep_report(data_path: Path) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads((data_path / "prep_report.json").read_text(encoding="utf-8")).get("options") or {}
+        return json.loads((data_path / "prep_report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 

@@ -22,7 +22,7 @@ import yaml
 
 from medtune.config import Recipe
 from medtune.data import CAPS
-from medtune.tasks import get_task
+from medtune.tasks import task_for
 from medtune.tiny import TINY_NAME
 
 EVAL_MODES = {"generate": "greedy decoding", "score": "option scoring"}  # how the table's figures were made
@@ -151,7 +151,7 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any]) -> list:
     """One `EvalResult` per numeric fine-tuned metric: what the Hub's evaluation widget shows."""
     from huggingface_hub import EvalResult
 
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     task_type, title = HUB_TASK_TYPES.get(task.kind, "image-text-to-text"), dataset_title(task.dataset)
     values = {k: v for k, v in finetuned.get("metrics", {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
@@ -161,7 +161,7 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any]) -> list:
 
 
 def data_line(recipe: Recipe, evaluated: int | None) -> str:
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     report = _read_json(Path(recipe.data.path) / "prep_report.json")
     title = dataset_title(report.get("dataset", task.dataset))
     sizes = []
@@ -240,7 +240,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
     for the merged model, whose folder holds no eval/ figures."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     method = "QLoRA" if recipe.quantization.load_in_4bit else "LoRA"
     eval_dir = out_dir / "eval"
     results = {name: _read_json(eval_dir / f"{name}.json") for name in ("finetuned", "baseline")}

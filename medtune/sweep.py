@@ -106,9 +106,9 @@ def run_sweep(recipe_path: Path, overrides: list[str], launcher: str | None = No
 def sweep_table(recipe, axes, runs: list[SweepRun], record: dict) -> str:
     """One row a run: its axis values, best validation metric (and step), test metrics, wall time; the run
     with the best validation metric marked. Selection is on validation only: the test split stays unseen."""
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     rows, best_value, best_row, metric = [], None, None, "validation metric"
     for run in runs:
         info_path, test_path = run.output_dir / "run_info.json", run.output_dir / "eval" / "finetuned.json"

@@ -66,12 +66,12 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                    dataset) -> None:
     """Add the evaluation to the run the trainer logged to (main process only)."""
     from medtune.evaluation import COMPARISON_COLUMNS, comparison_table, unavailable_notes
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
     t = recipe.tracking
     if t.backend == "none":
         return
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     log_images = t.log_images if t.log_images is not None else not task.credentialed
     # Credentialed data (PhysioNet's agreement forbids passing it to third-party services): its reports are
     # data as much as its images, so the sample table goes to the tracker only where images may.

@@ -53,7 +53,7 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
     from medtune import tracking
 
     from medtune.config import MEDTUNE_TRAINING_KEYS
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
     training = {k: v for k, v in recipe.training.items()
                 if k != "resume_from_checkpoint" and k not in MEDTUNE_TRAINING_KEYS}
@@ -61,7 +61,7 @@ def sft_config(recipe: Recipe, precision: str, on_cpu: bool):
         # Validation scores the task's own metric (medtune.evaluation.validation_metrics); the checkpoint kept,
         # evaluated and exported is the best one on its headline metric, unless the recipe says otherwise.
         if "metric_for_best_model" not in training:
-            training.update(metric_for_best_model=f"eval_{get_task(recipe.task.name).table_metrics[0]}",
+            training.update(metric_for_best_model=f"eval_{task_for(recipe.task).table_metrics[0]}",
                             greater_is_better=True)
         training.setdefault("load_best_model_at_end", saves_at_every_validation(training))
     args = SFTConfig(**training, bf16=precision == "bf16", assistant_only_loss=True, use_cpu=on_cpu,
@@ -166,7 +166,7 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
                                load_processor, lora_config)
     from medtune.pixels import model_ready_inputs
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
     project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
@@ -177,7 +177,7 @@ def build_trainer(recipe: Recipe, args, precision: str):
         compile_decoder_layers(model)
     collator_processor, pixels = model_ready_inputs(model, processor)  # the processor itself is saved, unchanged
     validating = args.eval_strategy != "no"
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     patience = recipe.training.get("early_stopping_patience")
     trainer = _medtune_trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=validation_set if validating else None,
@@ -227,13 +227,13 @@ def run(recipe: Recipe) -> str | None:
     from medtune.export import export
     from medtune.model import resolve_precision
     from medtune.run_info import describe_hardware, schedule, update_run_info, write_run_info
-    from medtune.tasks import get_task
+    from medtune.tasks import task_for
 
     # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
     on_cpu = not torch.cuda.is_available()
     state = PartialState(cpu=on_cpu)
     out_dir, eval_dir = recipe.output_dir, recipe.output_dir / "eval"
-    task = get_task(recipe.task.name)
+    task = task_for(recipe.task)
     precision = resolve_precision(recipe.model.precision)
     set_seed(recipe.training.get("seed", 42))
 

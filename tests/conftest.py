@@ -48,6 +48,14 @@ def wait_until(reached, process: subprocess.Popen, give_up_after: float = 300) -
         time.sleep(0.005)
 
 
+def prepare_stand_in(root: Path, reader: str, src: Path, *options: str) -> subprocess.CompletedProcess:
+    """`python -m data_prep READER --src SRC --out ROOT/data OPTIONS`, which must succeed."""
+    result = run_cli(sys.executable, "-m", "data_prep", reader, "--src", str(src), "--out", str(root / "data"),
+                     *options)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture(scope="session")
 def small_crc(tmp_path_factory):
     """A small synthetic CRC download (4 train / 2 test images per class) and its prepared DatasetDict."""
@@ -55,9 +63,7 @@ def small_crc(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("crc-small")
     synthesize(root / "raw", seed=1, train_per_class=4, test_per_class=2)
-    result = run_cli(sys.executable, "-m", "data_prep", "crc100k", "--src", str(root / "raw"), "--out",
-                     str(root / "data"))
-    assert result.returncode == 0, result.stderr
+    prepare_stand_in(root, "crc100k", root / "raw")
     return root
 
 
@@ -68,9 +74,7 @@ def small_siim(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("siim-small")
     synthesize(root / "raw", seed=0)
-    result = run_cli(sys.executable, "-m", "data_prep", "siim_acr", "--src", str(root / "raw"), "--out",
-                     str(root / "data"), "--recipe", str(REPO / "recipes/pneumothorax/qlora.yaml"))
-    assert result.returncode == 0, result.stderr
+    prepare_stand_in(root, "siim_acr", root / "raw", "--recipe", str(REPO / "recipes/pneumothorax/qlora.yaml"))
     return root
 
 
@@ -82,18 +86,42 @@ def small_mimic(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mimic-small")
     synthesize(root / "raw", seed=0)
-    result = run_cli(sys.executable, "-m", "data_prep", "mimic_cxr", "--src", str(root / "raw"), "--out",
-                     str(root / "data"), "--num-proc", "2")
-    assert result.returncode == 0, result.stderr
+    result = prepare_stand_in(root, "mimic_cxr", root / "raw", "--num-proc", "2")
     root.joinpath("prep_stderr.txt").write_text(result.stderr)
     return root
 
 
 @pytest.fixture(scope="session")
-def prepared(small_crc, small_siim, small_mimic):
+def small_imagefolder(tmp_path_factory):
+    """The synthetic image folder (three classes, a PACS export of DICOMs, broken files), prepared for the
+    classification recipe."""
+    from data_prep.imagefolder import synthesize
+
+    root = tmp_path_factory.mktemp("imagefolder-small")
+    synthesize(root / "raw", seed=0)
+    prepare_stand_in(root, "imagefolder", root / "raw",
+                     "--recipe", str(REPO / "recipes/custom/classification_lora.yaml"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_table(tmp_path_factory):
+    """The synthetic table (CSV, JSON lines, Parquet), its CSV prepared for the free-text recipe."""
+    from data_prep.table import synthesize
+
+    root = tmp_path_factory.mktemp("table-small")
+    synthesize(root / "raw", seed=0)
+    prepare_stand_in(root, "table", root / "raw/table.csv", "--group-column", "patient",
+                     "--recipe", str(REPO / "recipes/custom/free_text_lora.yaml"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(small_crc, small_siim, small_mimic, small_imagefolder, small_table):
     """task name -> a prepared dataset folder for it."""
     return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data",
-            "report_generation": small_mimic / "data"}
+            "report_generation": small_mimic / "data", "classification": small_imagefolder / "data",
+            "free_text": small_table / "data"}
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from medtune.tasks._text_metrics import (MetricUnavailable, TextAnswers, add_metrics, bleu4, rouge_l,
+                                         rouge_l_histogram)
+
 RADGRAPH_MODEL, RADGRAPH_REWARD = "radgraph-xl", "partial"  # the package's default model; the leaderboards' reward
 _SECTION_LABEL = re.compile(r"\b(?:FINDINGS|IMPRESSION):\s*")
 
 
 @dataclass(frozen=True)
-class ReportGenerationTask:
+class ReportGenerationTask(TextAnswers):
     name: str = "report_generation"
     dataset: str = "mimic_cxr"  # the data_prep reader that produces this task's data
     credentialed: bool = True  # PhysioNet data-use agreement: images and report text stay out of trackers
@@ -38,12 +41,6 @@ class ReportGenerationTask:
         parts = [("FINDINGS", findings), ("IMPRESSION", impression)]
         return "\n".join(f"{header}: {text}" for header, text in parts if text)
 
-    def reference(self, row: dict[str, Any]) -> str:
-        return row["answer"]
-
-    def parse_answer(self, text: str) -> str:
-        return text.strip()
-
     # -------------------------------------------------------------- metrics
     def compute_metrics(self, references: list[str], predictions: list[str],
                         scores: list[list[float]] | None = None) -> dict[str, Any]:
@@ -54,54 +51,15 @@ class ReportGenerationTask:
         hyps = [_SECTION_LABEL.sub("", p).strip() for p in predictions]
         per_example: list[dict[str, Any]] = [{} for _ in refs]
         metrics: dict[str, Any] = {"n": len(refs), "empty": sum(not h for h in hyps)}
-        for name, compute in (("radgraph_f1", _radgraph_f1), ("rouge_l", _rouge_l), ("bleu4", _bleu4)):
-            try:
-                corpus, each = compute(refs, hyps)
-            except MetricUnavailable as e:
-                metrics.update({name: None, f"{name}_unavailable": str(e)})
-                continue
-            metrics[name] = corpus
-            for row, value in zip(per_example, each):
-                row[name] = value
+        add_metrics(metrics, per_example, refs, hyps,
+                    {"radgraph_f1": _radgraph_f1, "rouge_l": rouge_l, "bleu4": bleu4})
         metrics["radgraph"] = {"model": RADGRAPH_MODEL, "reward_level": RADGRAPH_REWARD}
         metrics["per_example"] = per_example
         return metrics
 
     def write_figures(self, metrics: dict[str, Any], per_example: list[dict[str, Any]], out_dir: Path,
                       prefix: str) -> list[Path]:
-        """A histogram of per-report ROUGE-L: a few perfect copies and many failures look alike in a mean."""
-        from medtune.tasks import _figures
-
-        values = [e["rouge_l"] for e in per_example if "rouge_l" in e]
-        if not values:
-            return []
-        fig, ax = _figures.pyplot().subplots(figsize=(5, 3.5))
-        ax.hist(values, bins=20, range=(0, 1), color="tab:blue")
-        ax.set_xlabel("ROUGE-L per report")
-        ax.set_ylabel("reports")
-        ax.set_title(f"{self.name} — {prefix}\nROUGE-L {metrics['rouge_l']:.3f}")
-        return [_figures.save(fig, out_dir / f"{prefix}_rouge_l.png")]
-
-
-class MetricUnavailable(Exception):
-    """A metric's library or model is missing, or it failed: reported as unavailable, with this reason."""
-
-
-def _rouge_l(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    each = [scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)]
-    return (sum(each) / len(each) if each else 0.0), each
-
-
-def _bleu4(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
-    """Corpus BLEU-4 (sacrebleu's standard 13a tokenisation), per report with sacrebleu's default smoothing;
-    on a 0-1 scale like the other metrics."""
-    import sacrebleu
-
-    corpus = sacrebleu.corpus_bleu(hyps, [refs]).score / 100
-    return corpus, [sacrebleu.sentence_bleu(h, [r]).score / 100 for r, h in zip(refs, hyps)]
+        return rouge_l_histogram(self.name, "report", metrics, per_example, out_dir, prefix)
 
 
 def _radgraph_f1(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
