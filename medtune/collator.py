@@ -1,5 +1,8 @@
 """Training batches: TRL's vision-language collator with the loss on the answer only.
 
+(A pretrained model without a chat template trains on the plain form instead, medtune/prompts.py: TRL's
+prompt-completion path, the loss on the answer and <eos>.)
+
 TRL renders each conversation with the Gemma 3 *training* chat template (its `{% generation %}` markers
 give the assistant mask), so the prompt, the image tokens, begin/end-of-image and padding carry no loss.
 The template's generation block also covers the newline after `<end_of_turn>`; the model never generates
@@ -15,6 +18,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from medtune.errors import MedtuneError
 from medtune.pixels import model_ready
+from medtune.prompts import is_plain, plain_completion, prompt_text
 
 IGNORE_INDEX = -100
 
@@ -26,6 +30,10 @@ class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         # TRL pops "image" from each example: give it shallow copies, the dataset's rows stay intact
         examples = [dict(e) for e in examples]
+        if is_plain(self.processor):  # a pt model: TRL's prompt-completion path, the loss on the completion
+            examples = [{"prompt": prompt_text(self.processor, e["messages"]),
+                         "completion": plain_completion(self.processor, e["messages"]), "image": e["image"]}
+                        for e in examples]
         if self.pixels is not None:
             for example in examples:
                 example["image"] = self.pixels(example["image"])
@@ -50,6 +58,9 @@ class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
 def build_collator(processor, max_length: int | None = None, pixels: Callable | None = None) -> AnswerOnlyCollator:
     """`processor` and `pixels` as `medtune.pixels.model_ready_inputs` gives them (or the plain processor alone:
     images go through its image processor)."""
+    if is_plain(processor):
+        return AnswerOnlyCollator(processor=processor, max_length=max_length, completion_only_loss=True,
+                                  pixels=pixels)
     try:
         template = get_training_chat_template(processor)  # None: the template already has the markers
     except ValueError as e:

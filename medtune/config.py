@@ -21,6 +21,7 @@ import yaml
 from medtune.errors import MedtuneError
 from medtune.sft_fields import sft_config_fields
 from medtune.tasks import data_prep_readers, is_configurable, task_for, task_names
+from medtune.tiny import TINY_LAYOUTS
 
 
 class RecipeError(MedtuneError):
@@ -48,7 +49,8 @@ class TaskSection:
 
 @dataclass
 class ModelSection:
-    name_or_path: str = "google/medgemma-4b-it"  # or `tiny`: a tiny random MedGemma-shaped model, offline
+    # or `tiny` / `tiny-27b`: a tiny random model with MedGemma 4B's / 27B's layout, offline (medtune/tiny.py)
+    name_or_path: str = "google/medgemma-4b-it"
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a bf16-capable GPU, else fp32
     # The language model's attention. SDPA: Gemma 3 has no attention soft-capping (Gemma 2's reason for eager), the
@@ -61,6 +63,9 @@ class ModelSection:
     # torch.compile each decoder layer (fuses norms, GeGLU, rotary and residual adds); the first steps compile.
     # Off until a GPU measurement shows it faster (benchmarks/train_throughput.py, variant +compile)
     compile_decoder_layers: bool = False
+    # auto: the chat template where the processor has one (the IT models), else the plain form of the pretrained
+    # models, `<bos><start_of_image> {prompt}` then the answer (medtune/prompts.py); plain: that form always
+    prompt_format: Literal["auto", "plain"] = "auto"
 
 
 @dataclass
@@ -377,10 +382,10 @@ def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     if recipe.export.push and not recipe.export.repo_id:
         raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
-    if recipe.model.name_or_path != "tiny" and "/" not in recipe.model.name_or_path \
+    if recipe.model.name_or_path not in TINY_LAYOUTS and "/" not in recipe.model.name_or_path \
             and not Path(recipe.model.name_or_path).exists():
-        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id "
-                                                "(org/name), a local folder, nor `tiny`")
+        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id (org/name), a "
+                                                f"local folder, nor a tiny twin ({', '.join(TINY_LAYOUTS)})")
     return recipe
 
 

@@ -15,14 +15,11 @@ from tqdm import tqdm
 
 from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.pixels import model_ready, model_ready_inputs
+from medtune.prompts import prompt_text
+from medtune.thinking import NO_TRACE, TRACE_METRICS, decode_generation, split_trace, trace_counts
 
 if TYPE_CHECKING:
     from medtune.config import EvalSection
-
-
-def _prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation up to the model's turn: what the model sees at test time."""
-    return [m for m in messages if m["role"] != "assistant"]
 
 
 class PromptInputs:
@@ -35,12 +32,11 @@ class PromptInputs:
         self.processor, self.pixels, self.pixel_dtype = processor, pixels, pixel_dtype
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
-        texts = [self.processor.apply_chat_template(_prompt_messages(r["messages"]), add_generation_prompt=True,
-                                                    tokenize=False) for r in batch]
+        texts = [prompt_text(self.processor, r["messages"]) for r in batch]
         prepare = self.pixels or (lambda image: image.convert("RGB"))
         inputs = self.processor(text=texts, images=[[prepare(r["image"])] for r in batch], padding=True,
                                 padding_side="left",  # every row's next token follows its last prompt token
-                                add_special_tokens=False,  # the chat template already starts with <bos>
+                                add_special_tokens=False,  # the prompt text already starts with <bos>
                                 return_tensors="pt")
         if self.pixels:
             model_ready(inputs["pixel_values"])
@@ -128,7 +124,8 @@ def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: in
         # inference_mode could never take gradients again (PEFT re-enables the adapter after the baseline)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = out[:, inputs["input_ids"].shape[1]:].tolist()
+        answers += [decode_generation(processor.tokenizer, ids) for ids in generated]
     return answers
 
 
@@ -199,8 +196,11 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
             record.update(generated=task.option_line(parsed), scores=output)
             scores.append(output)
         else:
-            parsed = task.parse_answer(output)
+            answer, trace = split_trace(output)  # the raw output, trace and all, stays in the record
+            parsed = task.parse_answer(answer)
             record["generated"] = output
+            if trace != NO_TRACE:
+                record["trace"] = trace
         references.append(reference)
         predictions.append(parsed)
         records.append({**record, "parsed": parsed})
@@ -223,7 +223,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     if predicted is None:
         return None
     records, references, predictions, scores, how, inference_seconds = predicted
-    metrics = task.compute_metrics(references, predictions, scores)
+    metrics = {**task.compute_metrics(references, predictions, scores), **trace_counts(records)}
     out_dir.mkdir(parents=True, exist_ok=True)
     per_example = metrics.pop("per_example")  # the task's scores of each example: saved with its prediction
     with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
@@ -252,8 +252,8 @@ def validation_metrics(model, processor, dataset, task, settings: EvalSection) -
     predicted = _predict(model, processor, dataset, task, settings, mode, f"validation ({mode})")
     summary = None
     if predicted is not None:
-        _, references, predictions, scores, _, _ = predicted
-        metrics = task.compute_metrics(references, predictions, scores)
+        records, references, predictions, scores, _, _ = predicted
+        metrics = {**task.compute_metrics(references, predictions, scores), **trace_counts(records)}
         summary = {k: v for k, v in metrics.items()
                    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or k.endswith("_unavailable")}
     return broadcast_object_list([summary])[0]
@@ -268,7 +268,9 @@ def comparison_rows(task, baseline: dict | None, finetuned: dict | None) -> list
         value = result["metrics"].get(key) if result else None
         return "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
-    return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in task.table_metrics]
+    shown = [*task.table_metrics, *(key for key in TRACE_METRICS if any(r and key in r["metrics"]
+                                                                       for r in (baseline, finetuned)))]
+    return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in shown]
 
 
 def unavailable_notes(task, *results: dict | None) -> list[str]:

@@ -7,7 +7,7 @@ import functools
 
 from medtune.config import Recipe
 from medtune.errors import MedtuneError
-from medtune.tiny import TINY_NAME, tiny_checkpoint_dir
+from medtune.tiny import TINY_LAYOUTS, tiny_checkpoint_dir
 
 VISION_TOWER = "model.vision_tower"  # SigLIP, in Gemma 3's module tree
 DECODER_LAYERS = "model.language_model.layers"
@@ -28,12 +28,12 @@ def resolve_precision(preference: str) -> str:
 
 def model_path(recipe: Recipe) -> str:
     name = recipe.model.name_or_path
-    if name != TINY_NAME:
+    if name not in TINY_LAYOUTS:
         return name
     from accelerate import PartialState
 
     with PartialState().main_process_first():  # one rank builds the tiny checkpoint, the others then load it
-        return str(tiny_checkpoint_dir())
+        return str(tiny_checkpoint_dir(name))
 
 
 def _hub_errors(name: str):
@@ -63,7 +63,10 @@ def load_processor(recipe: Recipe):
     from transformers import AutoProcessor
 
     with _hub_errors(recipe.model.name_or_path):
-        return AutoProcessor.from_pretrained(model_path(recipe), revision=recipe.model.revision)
+        processor = AutoProcessor.from_pretrained(model_path(recipe), revision=recipe.model.revision)
+    if recipe.model.prompt_format == "plain":  # a pt model's form (medtune/prompts.py), whatever it ships
+        processor.chat_template = processor.tokenizer.chat_template = None
+    return processor
 
 
 def quantization_config(recipe: Recipe, precision: str):

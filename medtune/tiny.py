@@ -13,8 +13,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
+
 TINY_NAME = "tiny"
-TINY_VERSION = 3  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+# The language model's layout of each twin, at small widths: `tiny` is MedGemma 4B's (heads x head_dim = hidden,
+# scaled by head_dim), `tiny-27b` MedGemma 27B's (2 query heads per key/value head, heads x head_dim wider than
+# hidden, queries scaled by hidden / heads as 27B's 168 = 5376 / 32, the intermediate 4 x hidden, and five
+# sliding-window layers to one global, 27B's pattern, in one full period of 6 layers): what would break on
+# 27B's dimensions breaks on it. Both share the vision tower, as the real models do.
+TINY_LAYOUTS = {
+    TINY_NAME: dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window_pattern=2),
+    "tiny-27b": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=6, num_attention_heads=8,
+                     num_key_value_heads=4, head_dim=16, query_pre_attn_scalar=12, sliding_window_pattern=6),
+}
+TINY_VERSION = 4  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
@@ -63,6 +76,9 @@ def _build_tokenizer():
                               "image_token": "<image_soft_token>"},
     )
     tokenizer.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)
+    # MedGemma 1.5's thinking-trace markers (medtune/thinking.py), as special tokens: the case where decoding
+    # with skip_special_tokens would drop them
+    tokenizer.add_tokens([TRACE_OPEN, TRACE_CLOSE], special_tokens=True)
     return tokenizer
 
 
@@ -82,16 +98,14 @@ def build_tiny_processor():
                            chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=MM_TOKENS)
 
 
-def build_tiny_model(tokenizer):
+def build_tiny_model(tokenizer, name: str = TINY_NAME):
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     text_config = Gemma3TextConfig(
-        vocab_size=((len(tokenizer) + 7) // 8) * 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-        max_position_embeddings=1024, sliding_window=32, sliding_window_pattern=2,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=((len(tokenizer) + 7) // 8) * 8, **TINY_LAYOUTS[name], max_position_embeddings=1024,
+        sliding_window=32, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_turn],
     )
     vision_config = SiglipVisionConfig(
@@ -117,16 +131,16 @@ def build_tiny_model(tokenizer):
     return model
 
 
-def tiny_checkpoint_dir() -> Path:
-    """Where the tiny model lives; built on first use. MEDTUNE_CACHE overrides ~/.cache/medtune."""
+def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
+    """Where the tiny twin `name` lives; built on first use. MEDTUNE_CACHE overrides ~/.cache/medtune."""
     root = Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
-    path = root / f"tiny-gemma3-v{TINY_VERSION}"
+    path = root / f"{name}-gemma3-v{TINY_VERSION}"
     if not (path / "config.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         # Several ranks may build it at once: each writes its own folder, and the first rename wins.
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         processor = build_tiny_processor()
-        build_tiny_model(processor.tokenizer).save_pretrained(tmp)
+        build_tiny_model(processor.tokenizer, name).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         try:
             os.rename(tmp, path)

@@ -166,6 +166,7 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
                                load_processor, lora_config)
     from medtune.pixels import model_ready_inputs
+    from medtune.prompts import is_plain
     from medtune.tasks import task_for
 
     project_labelled_positions_only()
@@ -176,6 +177,8 @@ def build_trainer(recipe: Recipe, args, precision: str):
     if recipe.model.compile_decoder_layers:
         compile_decoder_layers(model)
     collator_processor, pixels = model_ready_inputs(model, processor)  # the processor itself is saved, unchanged
+    # a pt model's plain form has no assistant turn to mask: its collator keeps the loss on the completion
+    args.assistant_only_loss = not is_plain(processor)
     validating = args.eval_strategy != "no"
     task = task_for(recipe.task)
     patience = recipe.training.get("early_stopping_patience")

@@ -28,6 +28,22 @@ def tiny_cache(tmp_path_factory):
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The suite runs on two pytest-xdist workers (pyproject's addopts), a group of tests to a worker: the tests
+    of a file together (they share its fixtures), except that the tests sharing the demo run form one group (it
+    is trained once), and those that launch ranks with `accelerate launch` another (they never contend for its
+    rendezvous port, and the longest file splits in two)."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            group = "demo"
+        elif item.get_closest_marker("launches_ranks"):
+            group = "launch"
+        else:
+            group = item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command as a user would (a fresh process), capturing its output."""
     return subprocess.run([*args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,

@@ -105,6 +105,7 @@ def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
     assert answers == [expected[i]["generated"] for i in test["id"]]
 
 
+@pytest.mark.launches_ranks
 def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     """The issue's command: the real QLoRA recipe, with the tiny model and prepared data, nothing else."""
     env_key = os.environ.pop("WANDB_API_KEY", None)
@@ -129,8 +130,11 @@ def test_qlora_recipe_under_accelerate_launch_on_cpu(small_crc, tmp_path):
     assert "| tissue_classification | weighted_f1 |" in result.stdout
 
 
-@pytest.mark.parametrize("config, method", [("multi_gpu", "lora"), ("multi_gpu", "qlora"),
-                                            ("deepspeed_zero2", "lora"), ("deepspeed_zero3", "lora")])
+# DDP with QLoRA, ZeRO-2 and ZeRO-3 with LoRA: DDP with LoRA differs from the first only by the quantisation,
+# which the single-process tests cover (each two-rank launch costs about a minute of the suite's 15)
+@pytest.mark.parametrize("config, method", [("multi_gpu", "qlora"), ("deepspeed_zero2", "lora"),
+                                            ("deepspeed_zero3", "lora")])
+@pytest.mark.launches_ranks
 def test_two_ranks_train_once_and_evaluate_like_one_process(config, method, small_crc, tmp_path):
     """DDP (LoRA and QLoRA), ZeRO-2 and ZeRO-3 (weights really partitioned) with two real ranks on CPU (gloo),
     activation checkpointing on (TRL makes it reentrant under ZeRO-3), the frozen tower out of autograd:
@@ -204,6 +208,7 @@ def test_validation_scores_the_task_metric_and_the_run_keeps_its_best_step(small
     assert f"the adapter is the best validation step's: step {best} of 6" in (tmp_path / "README.md").read_text()
 
 
+@pytest.mark.launches_ranks
 def test_qlora_is_refused_under_zero3_before_the_model_loads(small_crc, tmp_path):
     result = run_cli("accelerate", "launch", "--config_file", "accelerate_configs/deepspeed_zero3.yaml",
                      "--num_processes", "2", "medtune/train.py", "recipes/tissue_classification/qlora.yaml",
