@@ -13,8 +13,8 @@
 # METHOD=qlora picks the QLoRA recipes (default lora); LAUNCH sets how runs start, e.g.
 #   LAUNCH="accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 8"
 # Prepared data and finished runs are kept in WORK_DIR (default table13-work): rerun to resume.
-# The report task runs the IT model's recipe: the report measured it on medgemma-4b-pt, which medtune does not
-# load yet (the table says so).
+# The report task runs the IT model's recipe: the report measured it on medgemma-4b-pt, which
+# recipes/report_generation/qlora-pt.yaml trains (the table says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 raw="${1:?usage: bash benchmarks/table13.sh RAW_ROOT [WORK_DIR] [-- section.key=value ...]}"; shift

@@ -3,6 +3,7 @@ side by side, at MedGemma 4B's shapes with random weights, on the same data.
 
     python benchmarks/train_throughput.py [--shape auto|real|scaled] [--steps 4] [--workdir /tmp/medtune-train-bench]
     python benchmarks/train_throughput.py --configs sweep          # on a GPU: every variant below, side by side
+    python benchmarks/train_throughput.py --configs medtune-qlora+4x4 --slices 85   # a CT series an example
 
 `--shape auto`: MedGemma 4B's real architecture on a GPU, the scaled one (real vocabulary and image-token
 count, narrow layers) on a CPU; see medgemma_shapes.py. Each configuration trains in a process of its own
@@ -27,6 +28,10 @@ Configurations:
   LM head). `medtune-lora+4x4+eager+tower-in-autograd` is the LoRA recipe as it was before issue 14.
 On a CPU every configuration projects only labelled positions, as TRL does on a GPU, so that the CPU
 figures stand for what a GPU runs.
+
+`--slices N` (medtune configurations only): each example a series of N images (the stand-in's tile repeated), as
+`data_prep imagefolder --series-slices N` writes a CT series: N x 256 image tokens an example, no truncation.
+It measures what recipes/custom/ct_series_qlora.yaml's memory arithmetic predicts.
 
 Columns: samples/s, tokens/s (non-padding tokens), peak memory (GPU: torch's peak allocation; CPU: the
 process's peak resident set), trainable parameters, adapter size on disk, and on a GPU the model FLOPs
@@ -191,7 +196,7 @@ def parameter_count(checkpoint: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) -> dict:
+def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int, overrides: list[str] = ()) -> dict:
     import torch
     from transformers import set_seed
 
@@ -207,7 +212,7 @@ def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int) ->
     name, *variants = config.split("+")
     trainer = (reference_trainer(checkpoint, data, out, steps) if name == "reference"
                else medtune_trainer(name.removeprefix("medtune-"), checkpoint, data, out, steps,
-                                    [o for v in variants for o in VARIANTS[v]]))
+                                    [*overrides, *(o for v in variants for o in VARIANTS[v])]))
     if "every-position" in variants:
         trl_utils._use_triton = trl_default  # TRL's own choice: on a CPU, every position
     if "tower-in-autograd" in variants:  # without medtune's routing of the tower's forward, the class's runs
@@ -258,6 +263,41 @@ def prepare_data(workdir: Path) -> Path:
     return data
 
 
+def data_path(workdir: Path, slices: int) -> Path:
+    return workdir / ("data" if slices == 1 else f"data-{slices}-slices")
+
+
+def series_data(workdir: Path, slices: int, rows: int) -> Path:
+    """The stand-in's first `rows` training rows as series of `slices` images (each row's tile repeated): the
+    tokens and memory of an example that `data_prep imagefolder --series-slices N` writes."""
+    import shutil
+
+    from datasets import DatasetDict, Image, List, load_from_disk
+
+    data, out = data_path(workdir, 1), data_path(workdir, slices)
+    if (out / "dataset_dict.json").is_file():
+        return out
+    splits = load_from_disk(str(data))
+    # the stored bytes, repeated without re-encoding (the trainer loads a validation split too: a few rows)
+    chosen = {"train": splits["train"].shuffle(seed=0).select(range(rows)),
+              "validation": splits["validation"].select(range(min(16, len(splits["validation"]))))}
+
+    def as_series(row):
+        user, answer = row["messages"]
+        text = [item for item in user["content"] if item["type"] == "text"]
+        return {"images": [row["image"]] * slices,
+                "messages": [{**user, "content": [{"type": "image", "text": None}] * slices + text}, answer]}
+
+    features = chosen["train"].features.copy()
+    del features["image"]
+    features["images"] = List(Image())
+    DatasetDict({name: split.cast_column("image", Image(decode=False)).map(as_series, remove_columns=["image"],
+                                                                            features=features)
+                 for name, split in chosen.items()}).save_to_disk(str(out))
+    shutil.copy(data / "prep_report.json", out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["auto", "real", "scaled"], default="auto")
@@ -265,6 +305,7 @@ def main() -> None:
     parser.add_argument("--configs", help=f"comma-separated; default: {','.join(CONFIGS)} (on a CPU also "
                         f"{','.join(CPU_ONLY_CONFIGS)}); `sweep`: {','.join(SWEEP)}. Variants: {', '.join(VARIANTS)}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-train-bench"))
+    parser.add_argument("--slices", type=int, default=1, help="images per example (a CT series: 85)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -273,7 +314,9 @@ def main() -> None:
     shape = args.shape if args.shape != "auto" else ("real" if torch.cuda.is_available() else "scaled")
     checkpoint = args.workdir / f"medgemma-{shape}-random"
     if args.child:  # one configuration, in a process of its own
-        result = measure(args.child, checkpoint, args.workdir / "data", args.workdir / "runs" / args.child, args.steps)
+        series = ["training.max_length=null"] if args.slices > 1 else []  # a cut would fall in the image tokens
+        result = measure(args.child, checkpoint, data_path(args.workdir, args.slices),
+                         args.workdir / "runs" / args.child, args.steps, series)
         print("RESULT " + json.dumps(result))
         return
 
@@ -284,16 +327,21 @@ def main() -> None:
         unknown = [v for v in variants if v not in VARIANTS] + ([] if name in CONFIGS else [name])
         if unknown or (name == "reference" and variants):
             parser.error(f"{config}: unknown {', '.join(unknown) or 'variant of the reference'}")
+        if name == "reference" and args.slices > 1:
+            parser.error("--slices: the reference notebook's collate_fn takes one image an example")
 
     from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare_data(args.workdir)
+    if args.slices > 1:
+        series_data(args.workdir, args.slices, rows=16 * args.steps)
     write_checkpoint(shape, checkpoint)
     results, failures = [], {}
     for config in configs:
         run = subprocess.run([sys.executable, __file__, "--child", config, "--shape", shape, "--steps", str(args.steps),
-                              "--workdir", str(args.workdir)], cwd=REPO, capture_output=True, text=True,
+                              "--workdir", str(args.workdir), "--slices", str(args.slices)], cwd=REPO,
+                             capture_output=True, text=True,
                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:  # one failed variant (a kernel missing, out of memory) must not cost the other rows
@@ -303,13 +351,14 @@ def main() -> None:
         results.append(json.loads(line[len("RESULT "):]))
     if not results:
         sys.exit("every configuration failed (see above)")
-    print_table(results, failures, shape, args.steps)
+    print_table(results, failures, shape, args.steps, args.slices)
 
 
-def print_table(results: list[dict], failures: dict[str, str], shape: str, steps: int) -> None:
+def print_table(results: list[dict], failures: dict[str, str], shape: str, steps: int, slices: int = 1) -> None:
     import torch
 
-    print(f"date: {time.strftime('%Y-%m-%d')}; device: {results[0]['device']}; shape: {shape}; torch "
+    print(f"date: {time.strftime('%Y-%m-%d')}; device: {results[0]['device']}; shape: {shape}; images an example: "
+          f"{slices}; torch "
           f"{torch.__version__}; python {platform.python_version()}")
     print(f"{steps} optimizer steps each, the first untimed; batch = micro-batch x accumulation\n")
     print("| configuration | batch | samples/s | tokens/s | vs reference | peak memory GB | trainable params | "

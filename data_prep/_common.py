@@ -232,20 +232,25 @@ def group_by(items: Iterable[Any], key: Callable[[Any], str]) -> dict[str, list[
 
 
 # ----------------------------------------------------------------------------- rows and publishing
-def conversation(prompt: str, answer: str) -> list[dict[str, Any]]:
-    """The chat every task trains on: user turn = image + prompt, assistant turn = the answer."""
+def conversation(prompt: str, answer: str, images: int = 1) -> list[dict[str, Any]]:
+    """The chat every task trains on: user turn = its images (one, several in the row's `images` order, or none
+    for text) + prompt, assistant turn = the answer."""
     return [
-        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": prompt}]},
+        {"role": "user", "content": [*({"type": "image", "text": None} for _ in range(images)),
+                                     {"type": "text", "text": prompt}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     ]
 
 
-def conversation_features(extra: dict[str, Any]):
+def conversation_features(extra: dict[str, Any], images: str = "one"):
+    """The columns of a prepared split: `images` is "one" (an `image` column), "several" (an `images` list:
+    medtune/rows.py) or "none" (text only)."""
     from datasets import Features, Image as ImageFeature, List, Value
 
+    image_columns = {"one": {"image": ImageFeature()}, "several": {"images": List(ImageFeature())}, "none": {}}[images]
     return Features({
         "id": Value("string"),
-        "image": ImageFeature(),
+        **image_columns,
         "messages": List({"role": Value("string"),
                           "content": List({"type": Value("string"), "text": Value("string")})}),
         "answer": Value("string"),

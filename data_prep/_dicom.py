@@ -81,6 +81,17 @@ def read_dicom(path: Path, frame: str | None = None, ct_windows: bool = False) -
     return DicomImage(pixels, uid, str(dataset.get("PatientID", "") or uid), how), None
 
 
+def instance_number(path: Path) -> int | None:
+    """A slice's InstanceNumber (its place in the series), read from the header alone; None where it has none."""
+    import pydicom
+
+    try:
+        value = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["InstanceNumber"])
+        return int(value.get("InstanceNumber"))
+    except Exception:  # noqa: BLE001 - a broken header: the slice sorts last, and its read reports the problem
+        return None
+
+
 def _undecodable(dataset) -> str | None:
     """Why no installed decoder takes the file's transfer syntax, naming what to install; None if one does."""
     from pydicom.pixels import get_decoder
@@ -165,7 +176,8 @@ def _to_uint8(unit: np.ndarray) -> np.ndarray:
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str, *, patient: str, modality: str = "OT",
                 syntax: str | None = None, window: tuple[float, float] | None = None,
-                rescale: tuple[float, float] | None = None, bits_stored: int | None = None) -> None:
+                rescale: tuple[float, float] | None = None, bits_stored: int | None = None,
+                instance: int | None = None) -> None:
     """A DICOM file as a scanner or PACS export would write it, for the synthetic stand-ins and tests: `pixels`
     (H, W), (H, W, 3) or (frames, H, W[, 3]), compressed in `syntax` by pydicom's encoders where given."""
     from pydicom import Dataset
@@ -184,6 +196,8 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str, *, patient: st
         ds.WindowCenter, ds.WindowWidth = window
     if rescale:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if instance is not None:
+        ds.InstanceNumber = instance
     if syntax:
         ds.compress(syntax)
     ds.save_as(path, enforce_file_format=True)

@@ -33,12 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep this frame of a multi-frame DICOM (a series, a clip); default: skip such files")
     parser.add_argument("--ct-windows", action="store_true",
                         help="CT DICOMs as MedGemma 1.5's three-window RGB (-1024..1024, -135..215, 0..80 HU)")
+    parser.add_argument("--series-slices", type=int, default=0, metavar="N",
+                        help="a folder of slice DICOMs (a CT or MR series) is one example of up to N slices, "
+                             "sampled evenly in InstanceNumber order (MedGemma 1.5's CT notebook: 85); 0: off")
 
 
 def split_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options recorded in the prep report (which the recipe validator reads back)."""
     return {k: getattr(args, k) for k in ("validation_fraction", "test_fraction", "seed", "image_size", "frame",
-                                          "ct_windows")}
+                                          "ct_windows", "series_slices")}
 
 
 # ----------------------------------------------------------------------------- images
@@ -61,6 +64,49 @@ def read_image(path: Path, args: argparse.Namespace) -> tuple[dict[str, Any] | N
             return {"bytes": stored_image(converted, args.image_size), "patient": None, "dicom_how": None}, None
     except IMAGE_ERRORS as e:
         return None, image_problem(e)
+
+
+def read_series(folder: Path, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+    """({images, patient, dicom_how}, None) for a folder of slice DICOMs: up to --series-slices of them, evenly
+    spaced from the first slice to the last in InstanceNumber order (file name where that is missing), each read
+    as `read_image` reads one; else (None, reason). One unreadable slice skips the series: a gap would shift
+    what the model sees."""
+    import numpy as np
+
+    slices = [path for path in folder.iterdir() if path.is_file() and _dicom.is_dicom(path)]
+    if not slices:
+        return None, "no DICOM slice in the series folder"
+    number = {path: _dicom.instance_number(path) for path in slices}
+    numbered = sorted(slices, key=lambda path: (number[path] is None, number[path] or 0, path.name))
+    picks = sorted(set(np.linspace(0, len(numbered) - 1, min(args.series_slices, len(numbered))).round().astype(int)))
+    images = []
+    for index in picks:
+        image, problem = read_image(numbered[index], args)
+        if problem:
+            return None, f"slice {numbered[index].name}: {problem}"
+        images.append(image)
+    return {"images": [image["bytes"] for image in images], "patient": images[0]["patient"],
+            "dicom_how": images[0]["dicom_how"]}, None
+
+
+def read_example(path: Path, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+    """An example's pictures: ({images: [bytes...], patient, dicom_how}, None), a series folder's slices or one
+    image, else (None, reason)."""
+    if path.is_dir():
+        return read_series(path, args)
+    image, problem = read_image(path, args)
+    return (None, problem) if problem else ({**image, "images": [image.pop("bytes")]}, None)
+
+
+def image_columns(images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    """A row's image column(s): `images` (every slice) with --series-slices, else `image`."""
+    stored = [{"bytes": data, "path": None} for data in images]
+    return {"images": stored} if args.series_slices else {"image": stored[0]}
+
+
+def image_layout(args: argparse.Namespace) -> str:
+    """conversation_features' `images`: several per example with --series-slices, else one."""
+    return "several" if args.series_slices else "one"
 
 
 def note_dicom_handling(report: PrepReport, hows: list[str]) -> None:

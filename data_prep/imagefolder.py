@@ -9,6 +9,9 @@ names; the option text the model reads is the name (`smooth_muscle` -> `smooth m
 recipe's task.options give one. Images larger than --image-size are stored at the model's 896 px. A DICOM's
 patient stays in one split (its PatientID, hashed), and DICOM names, which hold UIDs, are stored and reported
 only as keyed hashes; --hash-ids does the same for every file (names that hold patient ids).
+
+With --series-slices N, each folder of slice DICOMs under a class folder (a CT or MR series, as a PACS exports
+it: `SRC/<class>/<series>/*.dcm`) is one example of up to N slices (data_prep/_own_data.py: read_series).
 """
 from __future__ import annotations
 
@@ -39,19 +42,26 @@ def _layout(src: Path) -> dict[str, Path]:
             if name in _own_data.SPLIT_NAMES}
 
 
-def _list_images(layout: dict[str, Path], src: Path, skip) -> dict[str, list[tuple[Path, str]]]:
-    """split -> [(file, class)]; files outside the class folders, system files and unknown folders are skipped."""
+def _list_images(layout: dict[str, Path], src: Path, skip, series: bool) -> dict[str, list[tuple[Path, str]]]:
+    """split -> [(file, class)], or with `series` [(series folder, class)]; files outside the class folders,
+    system files and unknown folders are skipped, and with `series` files that are not slice DICOMs."""
     found: dict[str, list[tuple[Path, str]]] = {split: [] for split in layout}
     for split, root in layout.items():
         for entry in sorted(root.iterdir()):
             if not entry.is_dir() or entry.name.startswith("."):
                 skip(entry, "stray file: outside the class folders")
                 continue
+            folders = set()
             for path in sorted(p for p in entry.rglob("*") if p.is_file()):
                 if path.name.startswith(".") or path.name.lower() in STRAY_NAMES:
                     skip(path, "stray file: a system file, not an image")
-                else:
+                elif not series:
                     found[split].append((path, entry.name))
+                elif _dicom.is_dicom(path):
+                    folders.add(path.parent)
+                else:
+                    skip(path, "not a DICOM slice (--series-slices reads folders of slice DICOMs)")
+            found[split] += [(folder, entry.name) for folder in sorted(folders)]
     if layout.keys() != {"pool"}:
         for entry in sorted(src.iterdir()):
             if entry.name.lower() not in _own_data.SPLIT_NAMES:
@@ -68,12 +78,13 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
 
     def skip(path: Path, reason: str) -> None:
         relative = path.relative_to(src).as_posix()
-        if args.hash_ids or _dicom.is_dicom(path):
+        # a DICOM's name, or its series folder's, holds UIDs
+        if args.hash_ids or _dicom.is_dicom(path) or (args.series_slices and path.is_dir()):
             report.skip_hashed("", relative, reason)
         else:
             report.skip(relative, reason)
 
-    files = _list_images(_layout(src), src, skip)
+    files = _list_images(_layout(src), src, skip, bool(args.series_slices))
     classes = sorted({name for items in files.values() for _, name in items})
     if not classes:
         raise PrepError(f"no class folder with files under {src}: lay your images out as SRC/<class>/... "
@@ -83,24 +94,27 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
 
     def rows(items: list[tuple[Path, str]], split: str):
         def generate():
-            for path, name in tqdm(items, desc=f"reading {split}", unit="img", mininterval=1.0):
-                image, problem = _own_data.read_image(path, args)
+            for path, name in tqdm(items, desc=f"reading {split}", unit="example", mininterval=1.0):
+                image, problem = _own_data.read_example(path, args)
                 if problem:
                     skip(path, problem)
                     continue
-                relative = path.relative_to(src).with_suffix("").as_posix()
+                relative = path.relative_to(src)
+                relative = (relative if path.is_dir() else relative.with_suffix("")).as_posix()
                 hashed = args.hash_ids or image["dicom_how"] is not None
                 row_id = hashed_id(relative, key) if hashed else relative
                 if image["dicom_how"]:
                     hows.append(image["dicom_how"])
                 label = classes.index(name)
                 yield {"id": row_id, "group": hashed_id(image["patient"], key) if image["patient"] else row_id,
-                       "image": {"bytes": image["bytes"], "path": None},
-                       "messages": conversation(prompt, task.answer(label)), "answer": task.answer(label),
+                       **_own_data.image_columns(image["images"], args),
+                       "messages": conversation(prompt, task.answer(label), images=len(image["images"])),
+                       "answer": task.answer(label),
                        "label": label}
         return generate
 
-    features = conversation_features({"label": ClassLabel(names=classes), "group": Value("string")})
+    features = conversation_features({"label": ClassLabel(names=classes), "group": Value("string")},
+                                     images=_own_data.image_layout(args))
     with staged_output(out, args.overwrite) as staging:
         built = {split: build_split(rows(items, split), features, staging, split) for split, items in files.items()}
         dataset_dict = _own_data.complete_splits(built, args, report, "group")

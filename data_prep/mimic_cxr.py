@@ -7,9 +7,11 @@
     RAW/mimic-cxr-2.0.0-metadata.csv.gz          dicom_id, subject_id, study_id, ..., ViewPosition, ...
 
 One row per study by default: a frontal image (PA before AP), the report's INDICATION in the prompt,
-FINDINGS and IMPRESSION as the target. The official split is kept (`validate` becomes `validation`). The
-3000 x 2500 JPEGs are decoded at reduced scale and stored at the model's input size, in parallel
-(--num-proc). Subject, study and image ids are stored as keyed hashes; skipped studies and images are
+FINDINGS and IMPRESSION as the target. `--with-prior` adds the patient's previous study's frontal image as a
+second image (the study before it by StudyDate and StudyTime in the metadata CSV), as a radiologist compares;
+the prompt says which image is which, or that the patient has no prior study. The official split is kept
+(`validate` becomes `validation`). The 3000 x 2500 JPEGs are decoded at reduced scale and stored at the
+model's input size, in parallel (--num-proc). Subject, study and image ids are stored as keyed hashes; skipped studies and images are
 listed by hash in prep_report.json and in clear on the terminal only.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                          "(default PA,AP: frontal views)")
     parser.add_argument("--images-per-study", type=int, default=1,
                         help="rows per study, by view preference (0: every matching image)")
+    parser.add_argument("--with-prior", action="store_true",
+                        help="add the patient's previous study's frontal image to each row (an `images` column)")
     parser.add_argument("--image-size", type=int, default=MODEL_IMAGE_SIZE,
                         help="stored images are SIZE x SIZE, the model's input (default 896)")
     parser.add_argument("--num-proc", type=int, default=min(8, os.cpu_count() or 1),
@@ -98,6 +102,10 @@ class Study:
     images: tuple[tuple[str, str], ...]  # (dicom_id, view), in order of preference
     image_dir: Path  # files/pXX/pSUBJECT/sSTUDY
     report: Path | None
+    when: str = ""  # StudyDate + StudyTime, sortable ("" where the metadata has no date)
+    # --with-prior: the previous study's (study id, frontal images by preference); () when the patient has none;
+    # None without --with-prior
+    prior: tuple[str, tuple[Path, ...]] | tuple[()] | None = None
 
     @property
     def name(self) -> str:
@@ -107,6 +115,15 @@ class Study:
 def study_folder(subject: str, study: str) -> str:
     """The study's path under files/ (pXX/pSUBJECT/sSTUDY), as the publisher lays it out."""
     return f"p{subject[:2]}/p{subject}/s{study}"
+
+
+def read_prior(study: Study, size: int) -> bytes | None:
+    """The first readable frontal image of the study's prior study, or None."""
+    for path in study.prior[1] if study.prior else ():
+        jpeg, problem = read_image_resized(path, size) if path.is_file() else (None, "missing")
+        if not problem:
+            return jpeg
+    return None
 
 
 def read_study(study: Study, images_per_study: int, size: int) -> tuple[list[dict], list[tuple[str, str, str]], bool]:
@@ -124,6 +141,7 @@ def read_study(study: Study, images_per_study: int, size: int) -> tuple[list[dic
         return [], [("study ", study.name, "report has no FINDINGS or IMPRESSION")], utf8
     answer = TASK.answer(sections.findings, sections.impression)
     rows, skips = [], []
+    prior = read_prior(study, size)
     for dicom_id, view in study.images:
         if images_per_study and len(rows) == images_per_study:
             break
@@ -136,7 +154,8 @@ def read_study(study: Study, images_per_study: int, size: int) -> tuple[list[dic
             skips.append(("files/", image_name, problem))
             continue
         rows.append({"dicom_id": dicom_id, "jpeg": jpeg, "view": view, "indication": sections.indication,
-                     "findings": sections.findings, "impression": sections.impression, "answer": answer})
+                     "findings": sections.findings, "impression": sections.impression, "answer": answer,
+                     "prior_jpeg": prior})
     if not rows:
         skips.append(("study ", study.name, "no readable frontal image"))
     return rows, skips, utf8
@@ -150,9 +169,13 @@ def _read_study_job(job):  # Pool.imap takes one picklable argument
 def list_studies(src: Path, views: list[str], report: PrepReport) -> list[Study]:
     """Studies with at least one image of the wanted views, from the split and metadata CSVs."""
     split_rows = read_csv(_find(src, SPLIT_CSV), ("dicom_id", "study_id", "subject_id", "split"), report)
-    metadata = read_csv(_find(src, METADATA_CSV), ("dicom_id",), report, may_be_empty=("ViewPosition",))
+    metadata = read_csv(_find(src, METADATA_CSV), ("dicom_id",), report,
+                        may_be_empty=("ViewPosition", "StudyDate", "StudyTime"))
     view_of = {r["dicom_id"]: r["ViewPosition"] for r in metadata}
+    when_of = {r["dicom_id"]: f"{r['StudyDate']}{r['StudyTime'].split('.')[0].zfill(6)}" if r["StudyDate"] else ""
+               for r in metadata}
     by_study: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    when: dict[str, str] = {}  # study -> its earliest image's date and time
     other_views: Counter = Counter()
     for row in split_rows:
         if row["split"] not in SPLITS:
@@ -162,7 +185,9 @@ def list_studies(src: Path, views: list[str], report: PrepReport) -> list[Study]
         entry = by_study.setdefault(key, [])
         if row["dicom_id"] not in view_of:
             report.skip_hashed(f"{SPLIT_CSV}: ", row["dicom_id"], "no row in the metadata CSV")
-        elif view_of[row["dicom_id"]] in views:
+            continue
+        when[row["study_id"]] = min(filter(None, (when.get(row["study_id"]), when_of[row["dicom_id"]])), default="")
+        if view_of[row["dicom_id"]] in views:
             entry.append((row["dicom_id"], view_of[row["dicom_id"]]))
         else:
             other_views[view_of[row["dicom_id"]] or "(none)"] += 1
@@ -177,8 +202,27 @@ def list_studies(src: Path, views: list[str], report: PrepReport) -> list[Study]
             continue
         reports = [src / d / f"{folder}.txt" for d in REPORT_DIRS]
         studies.append(Study(subject, study, split, tuple(sorted(images, key=lambda i: (views.index(i[1]), i[0]))),
-                             src / "files" / folder, next((r for r in reports if r.is_file()), None)))
+                             src / "files" / folder, next((r for r in reports if r.is_file()), None),
+                             when.get(study, "")))
     return studies
+
+
+def with_priors(studies: list[Study]) -> list[Study]:
+    """Each study with its prior: the same patient's latest earlier study (by date and time) that has a frontal
+    image. A study without a date has no prior and is no one's prior."""
+    import dataclasses
+
+    previous: dict[str, Study] = {}
+    by_subject = group_by((s for s in studies if s.when), lambda s: s.subject)
+    for subject_studies in by_subject.values():
+        ordered = sorted(subject_studies, key=lambda s: s.when)
+        previous.update({later.study: earlier for earlier, later in zip(ordered, ordered[1:])
+                         if earlier.when < later.when})
+    def prior(s: Study):
+        before = previous.get(s.study)
+        return (before.study, tuple(before.image_dir / f"{d}.jpg" for d, _ in before.images)) if before else ()
+
+    return [dataclasses.replace(s, prior=prior(s)) for s in studies]
 
 
 def _limited(studies: list[Study], limit: int | None, seed: int) -> list[Study]:
@@ -194,16 +238,18 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     if not views:
         raise PrepError("--views names no view: use e.g. PA,AP")
     options = {"split": "official", "views": views, "images_per_study": args.images_per_study,
-               "image_size": args.image_size, "seed": args.seed,
+               "with_prior": args.with_prior, "image_size": args.image_size, "seed": args.seed,
                **{f"limit_{s}": getattr(args, f"limit_{s}") for s in SPLITS.values()}}
     report = PrepReport(dataset="mimic_cxr", task={"name": TASK.name}, source=str(src), options=options,
                         hash_key=id_key())
     if not (src / "files").is_dir():
         raise PrepError(f"{src} has no files/ folder: download MIMIC-CXR-JPG from PhysioNet into it")
-    studies = group_by(list_studies(src, views, report), lambda s: s.split)
+    listed = list_studies(src, views, report)
+    studies = group_by(with_priors(listed) if args.with_prior else listed, lambda s: s.split)
     if not studies:
         raise PrepError(f"no study in {SPLIT_CSV} has a {'/'.join(views)} image")
     key, not_utf8 = report.hash_key, []
+    priors = Counter()  # --with-prior: rows with a prior film, without one, with one that could not be read
 
     def rows(split: str, pool):
         chosen = _limited(studies.get(split, []), getattr(args, f"limit_{split}"), args.seed)
@@ -218,16 +264,27 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
                 if not utf8:
                     not_utf8.append(hashed_id(study.name, key))
                 for row in found:  # a study's rows share its report, hence its prompt
-                    prompt = TASK.prompt(row["indication"])
+                    images = [row["jpeg"]]
+                    if study.prior is None:
+                        prompt = TASK.prompt(row["indication"])
+                        pictures = {"image": {"bytes": row["jpeg"], "path": None}}
+                    else:
+                        images += [row["prior_jpeg"]] if row["prior_jpeg"] else []
+                        priors["with a prior film" if len(images) == 2 else
+                               "prior film unreadable" if study.prior else "no prior study"] += 1
+                        prompt = TASK.prompt(row["indication"], prior=len(images) == 2)
+                        pictures = {"images": [{"bytes": jpeg, "path": None} for jpeg in images],
+                                    "prior_study": hashed_id(study.prior[0], key) if len(images) == 2 else ""}
                     yield {"id": hashed_id(f"{study.study}/{row['dicom_id']}", key),
                            "patient": hashed_id(study.subject, key), "study": hashed_id(study.study, key),
-                           "image": {"bytes": row["jpeg"], "path": None},
-                           "messages": conversation(prompt, row["answer"]),
+                           **pictures, "messages": conversation(prompt, row["answer"], images=len(images)),
                            **{k: row[k] for k in ("answer", "view", "indication", "findings", "impression")}}
         return generate
 
-    features = conversation_features({name: Value("string") for name in
-                                      ("patient", "study", "view", "indication", "findings", "impression")})
+    columns = ("patient", "study", "view", "indication", "findings", "impression",
+               *(("prior_study",) if args.with_prior else ()))
+    features = conversation_features({name: Value("string") for name in columns},
+                                     images="several" if args.with_prior else "one")
     with staged_output(out, args.overwrite) as staging, \
             (Pool(args.num_proc) if args.num_proc > 1 else nullcontext()) as pool:
         dataset_dict = DatasetDict({split: build_split(rows(split, pool), features, staging, split)
@@ -235,6 +292,8 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
         if not sum(len(d) for d in dataset_dict.values()):
             raise PrepError("no study had a readable image and a report with FINDINGS or IMPRESSION "
                             "(see the skipped studies above)")
+        if priors:
+            report.notes.append("rows by prior film: " + ", ".join(f"{what} {n}" for what, n in sorted(priors.items())))
         if not_utf8:
             report.notes.append(f"{len(not_utf8)} report(s) not UTF-8, read as Windows-1252: {', '.join(not_utf8)}")
         save_dataset(dataset_dict, report, staging, None, count_by="view")
@@ -336,7 +395,7 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
     wet reads, addenda, a few broken ones), lateral views to be filtered, and images whose finding a model
     can learn. The report's findings are drawn independently of its indication: only the image tells."""
     rng = np.random.default_rng(seed)
-    split_rows, meta_rows = [], []
+    split_rows, meta_rows, dates = [], [], {}
     official = ["train"] * 7 + ["validate"] * 1 + ["test"] * 2
     n = 0
     for s in range(subjects):
@@ -344,6 +403,7 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
         split = official[s % len(official)]
         for _ in range(1 + s % 2):
             study, n = str(50000000 + int(rng.integers(0, 9_999_999))), n + 1
+            dates[study] = f"2180{n * 7 % 12 + 1:02d}{n * 11 % 28 + 1:02d}"  # a patient's studies out of order
             study_dir = out / "files" / study_folder(subject, study)
             study_dir.mkdir(parents=True)
             finding, variant = int(rng.integers(0, 3)), n % 6
@@ -366,8 +426,8 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
         f.write("dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"
                 "StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
                 "PatientOrientationCodeSequence_CodeMeaning\n")
-        f.writelines(f"{d},{sub},{st},CHEST (PA AND LAT),{v},{size[1]},{size[0]},21800506,213014.531,"
-                     f"CHEST (PA AND LAT),postero-anterior,Erect\n" for d, sub, st, v in meta_rows)
+        f.writelines(f"{d},{sub},{st},CHEST (PA AND LAT),{v},{size[1]},{size[0]},{dates.get(st, '21800506')},"
+                     f"213014.531,CHEST (PA AND LAT),postero-anterior,Erect\n" for d, sub, st, v in meta_rows)
 
 
 def _break_some(out: Path, rng: np.random.Generator, split_rows: list, meta_rows: list, size) -> None:

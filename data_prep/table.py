@@ -93,7 +93,7 @@ def _text(row: dict[str, Any], column: str | None) -> str:
     return "" if value is None else str(value).strip()
 
 
-def safe_image_path(relative: str, root: Path) -> tuple[Path | None, str | None]:
+def safe_image_path(relative: str, root: Path, series: bool = False) -> tuple[Path | None, str | None]:
     """The image's path under `root`, or (None, reason): a shared table must not make the reader open any file
     on the machine, so an absolute path, or one that leads out of `root` (`../`, a link), is refused."""
     if not relative:
@@ -103,8 +103,10 @@ def safe_image_path(relative: str, root: Path) -> tuple[Path | None, str | None]
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
         return None, "image path refused: it leads outside the table's folder (or --image-root)"
+    if series and path.is_dir():  # --series-slices: the folder of a series' slice DICOMs
+        return path, None
     if not path.is_file():
-        return None, "image not found"
+        return None, "image not found" + (" (nor a series folder)" if series else "")
     return path, None
 
 
@@ -142,15 +144,16 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     def generate(items: list[dict[str, Any]], split: str):
         def rows_of_split():
             for example in tqdm(items, desc=f"reading {split}", unit="img", mininterval=1.0):
-                image, problem = _own_data.read_image(example["path"], args)
+                image, problem = _own_data.read_example(example["path"], args)
                 if problem:
                     report.skip(example["where"], problem)
                     continue
                 if image["dicom_how"]:
                     hows.append(image["dicom_how"])
                 prompt, answer, label = conversation_of(example)
-                yield {"id": example["id"], "group": example["group"], "image": {"bytes": image["bytes"], "path": None},
-                       "messages": conversation(prompt, answer), "answer": answer, **label}
+                yield {"id": example["id"], "group": example["group"], **_own_data.image_columns(image["images"], args),
+                       "messages": conversation(prompt, answer, images=len(image["images"])), "answer": answer,
+                       **label}
         return rows_of_split
 
     def row_id(example: dict[str, Any]) -> str:
@@ -164,7 +167,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     extra = {"group": Value("string")}
     if task_name == "classification":
         extra["label"] = ClassLabel(names=classes)
-    features = conversation_features(extra)
+    features = conversation_features(extra, images=_own_data.image_layout(args))
     with staged_output(out, args.overwrite) as staging:
         built = {split: build_split(generate(items, split), features, staging, split)
                  for split, items in sorted(group_by(examples, lambda e: e["split"]).items())}
@@ -184,7 +187,7 @@ def _examples(rows: list[tuple[str, dict[str, Any]]], root: Path, args: argparse
     """The rows that name an image inside the root, a target and a known split; the others are skipped."""
     examples = []
     for index, (where, row) in enumerate(rows):
-        path, problem = safe_image_path(_text(row, args.image_column), root)
+        path, problem = safe_image_path(_text(row, args.image_column), root, bool(args.series_slices))
         value, split = _text(row, target), _text(row, args.split_column).lower()
         if problem is None and not value:
             problem = f"empty {target}"

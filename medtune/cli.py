@@ -65,11 +65,14 @@ def _evaluate(args) -> None:
     from medtune.data import load_split
     from medtune.evaluation import evaluate, unavailable_notes
     from medtune.model import load_model, load_processor, resolve_precision
+    from medtune.rows import check_model_takes
     from medtune.tasks import task_for
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
         raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
+    processor, dataset = load_processor(recipe), load_split(recipe, recipe.eval.split)
+    check_model_takes(processor, dataset, recipe.model.name_or_path)
     model = load_model(recipe, resolve_precision(recipe.model.precision))
     label = recipe.model.name_or_path
     if args.adapter:
@@ -79,7 +82,7 @@ def _evaluate(args) -> None:
         label += f" + {args.adapter}"
     name = args.name or ("adapter" if args.adapter else "base")
     task = task_for(recipe.task)
-    result = evaluate(model, load_processor(recipe), load_split(recipe, recipe.eval.split), task, recipe.eval,
+    result = evaluate(model, processor, dataset, task, recipe.eval,
                       name=name, out_dir=recipe.output_dir / "eval", model_label=label)
     if result:
         shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}

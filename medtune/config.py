@@ -106,7 +106,8 @@ class EvalSection:
     # generate: greedy generation, answers parsed (the paper's way); score: one forward pass per example
     # scores each option (classification tasks only): faster, never unparsable, gives AUROC
     mode: Literal["generate", "score"] = "generate"
-    # None: 16 when generating; when scoring on a GPU, as many as fit (16 to 64; evaluation.default_batch_size)
+    # rows; None: 16 images' worth when generating (16 rows of text), when scoring on a GPU as many images as fit
+    # (16 to 64), at least one row (evaluation.default_batch_size)
     batch_size: int | None = field(default=None, metadata=_range(1))
     max_new_tokens: int | None = field(default=None, metadata=_range(1))  # None: the task's default
     # processes that decode and preprocess the next batches' images while the model runs; 0: none (in the main

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.pixels import model_ready, model_ready_inputs
 from medtune.prompts import prompt_text
+from medtune.rows import images_per_row, row_images, tokenizer_of, without_images
 from medtune.thinking import NO_TRACE, TRACE_METRICS, decode_generation, split_trace, trace_counts
 
 if TYPE_CHECKING:
@@ -33,11 +34,14 @@ class PromptInputs:
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         texts = [prompt_text(self.processor, r["messages"]) for r in batch]
+        kwargs = dict(padding=True, padding_side="left",  # every row's next token follows its last prompt token
+                      add_special_tokens=False,  # the prompt text already starts with <bos>
+                      return_tensors="pt")
+        images = [row_images(r) for r in batch]
+        if not any(images):  # text-only rows (a processor refuses an empty image list; a tokenizer takes none)
+            return dict(self.processor(text=texts, **kwargs))
         prepare = self.pixels or (lambda image: image.convert("RGB"))
-        inputs = self.processor(text=texts, images=[[prepare(r["image"])] for r in batch], padding=True,
-                                padding_side="left",  # every row's next token follows its last prompt token
-                                add_special_tokens=False,  # the prompt text already starts with <bos>
-                                return_tensors="pt")
+        inputs = self.processor(text=texts, images=[[prepare(image) for image in row] for row in images], **kwargs)
         if self.pixels:
             model_ready(inputs["pixel_values"])
         else:  # the processor's own float values: in the model's dtype (bf16 on a GPU: half to copy)
@@ -79,20 +83,22 @@ def scoring_bytes_per_image(config) -> int:
     return values * 4  # float32 at worst (softmax, norms)
 
 
-def default_batch_size(model, mode: str) -> int:
-    """eval.batch_size when the recipe leaves it unset: 16 when generating; when scoring on a GPU, as many
-    images as fit in half of the memory still free (scoring keeps no cache), within SCORING_BATCH_RANGE. The
+def default_batch_size(model, mode: str, images_per_row: int = 1) -> int:
+    """eval.batch_size (rows) when the recipe leaves it unset: 16 images' worth when generating; when scoring on
+    a GPU, as many images as fit in half of the memory still free (scoring keeps no cache), within
+    SCORING_BATCH_RANGE; at least one row, however many images it holds (a CT series), and 16 rows of text. The
     same on every rank (the smallest): under ZeRO-3 each forward is collective, so ranks must run as many."""
     import torch
     from accelerate.utils import gather_object
 
+    per_row = max(1, images_per_row)
     if mode != "score" or model.device.type != "cuda" or not hasattr(model.config, "vision_config"):
-        return GENERATION_BATCH
+        return max(1, GENERATION_BATCH // per_row)
     free, _ = torch.cuda.mem_get_info(model.device)
     free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)  # ours to reuse
     low, high = SCORING_BATCH_RANGE
     fits = max(low, min(high, free // 2 // scoring_bytes_per_image(model.config)))
-    return min(gather_object([fits]))
+    return max(1, min(gather_object([fits])) // per_row)
 
 
 def _prompt_batches(model, processor, rows, batch_size: int, desc: str, show_progress: bool,
@@ -125,7 +131,7 @@ def generate_answers(model, processor, rows, batch_size: int, max_new_tokens: in
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         generated = out[:, inputs["input_ids"].shape[1]:].tolist()
-        answers += [decode_generation(processor.tokenizer, ids) for ids in generated]
+        answers += [decode_generation(tokenizer_of(processor), ids) for ids in generated]
     return answers
 
 
@@ -162,7 +168,7 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
     from accelerate.utils import gather_object
 
     state = PartialState()
-    batch_size = settings.batch_size or default_batch_size(model, mode)
+    batch_size = settings.batch_size or default_batch_size(model, mode, images_per_row(dataset))
     workers = default_num_workers() if settings.num_workers is None else settings.num_workers
     max_new_tokens = settings.max_new_tokens or task.max_new_tokens
     show = state.is_local_main_process
@@ -175,7 +181,7 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
         if not shard:
             outputs = []
         elif mode == "score":
-            option_ids = option_first_tokens(processor.tokenizer, task)
+            option_ids = option_first_tokens(tokenizer_of(processor), task)
             outputs = score_options(model, processor, rows, option_ids, batch_size, desc, show, workers)
         else:
             outputs = generate_answers(model, processor, rows, batch_size, max_new_tokens, desc, show, workers)
@@ -188,10 +194,14 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
 
     by_id = dict(gathered)
     records, references, predictions, scores = [], [], [], []
-    for row in dataset.select_columns([c for c in dataset.column_names if c != "image"]):
+    for row in without_images(dataset):
         output, reference = by_id[row["id"]], task.reference(row)
         record = {"id": row["id"], "reference": reference, "reference_text": row["answer"]}
         if mode == "score":
+            offered = task.option_count(row)
+            if offered < len(output):  # a question with fewer options than the task has letters (MedQA's 4)
+                total = sum(output[:offered]) or 1.0
+                output = [v / total for v in output[:offered]] + [0.0] * (len(output) - offered)
             parsed = max(range(len(output)), key=output.__getitem__)
             record.update(generated=task.option_line(parsed), scores=output)
             scores.append(output)

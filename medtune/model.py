@@ -7,10 +7,13 @@ import functools
 
 from medtune.config import Recipe
 from medtune.errors import MedtuneError
+from medtune.rows import tokenizer_of
 from medtune.tiny import TINY_LAYOUTS, tiny_checkpoint_dir
 
 VISION_TOWER = "model.vision_tower"  # SigLIP, in Gemma 3's module tree
-DECODER_LAYERS = "model.language_model.layers"
+# the decoder layers of Gemma3ForConditionalGeneration, and of Gemma3ForCausalLM (a text-only model: MedGemma 27B
+# text), where the language model is the whole model
+DECODER_LAYERS = {"multimodal": "model.language_model.layers", "text": "model.layers"}
 # Kept in full precision under QLoRA: quantizing the vision tower and projector hurts image features, and
 # lm_head is tied to the embeddings. Names match from the start of the module path (DESIGN.md).
 QLORA_SKIP_MODULES = [VISION_TOWER, "model.multi_modal_projector", "lm_head"]
@@ -65,8 +68,17 @@ def load_processor(recipe: Recipe):
     with _hub_errors(recipe.model.name_or_path):
         processor = AutoProcessor.from_pretrained(model_path(recipe), revision=recipe.model.revision)
     if recipe.model.prompt_format == "plain":  # a pt model's form (medtune/prompts.py), whatever it ships
-        processor.chat_template = processor.tokenizer.chat_template = None
+        processor.chat_template = tokenizer_of(processor).chat_template = None
     return processor
+
+
+def is_text_only(recipe: Recipe) -> bool:
+    """Whether the model has no vision tower (its config has no vision_config): a causal LM, loaded as one."""
+    from transformers import AutoConfig
+
+    with _hub_errors(recipe.model.name_or_path):
+        config = AutoConfig.from_pretrained(model_path(recipe), revision=recipe.model.revision)
+    return not hasattr(config, "vision_config")
 
 
 def quantization_config(recipe: Recipe, precision: str):
@@ -93,7 +105,7 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
     """The base model. `quantize` defaults to the recipe's choice; export's merge loads it unquantized."""
     import torch
     from accelerate import PartialState
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     quantize = recipe.quantization.load_in_4bit if quantize is None else quantize
@@ -105,16 +117,22 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
         # Straight onto this process's device (a quantized model cannot be moved after loading). Under ZeRO-3
         # there is no device map: DeepSpeed partitions the weights over the ranks as they load.
         kwargs["device_map"] = {"": PartialState().device}
+    auto_class = AutoModelForCausalLM if is_text_only(recipe) else AutoModelForImageTextToText
     with _hub_errors(recipe.model.name_or_path):
-        return AutoModelForImageTextToText.from_pretrained(model_path(recipe), **kwargs)
+        return auto_class.from_pretrained(model_path(recipe), **kwargs)
 
 
-def lora_config(recipe: Recipe):
+def lora_config(recipe: Recipe, text_only: bool = False):
     from peft import LoraConfig
 
     lora = recipe.lora
+    if text_only and (lora.adapt_vision_tower or lora.train_projector):
+        key = "adapt_vision_tower" if lora.adapt_vision_tower else "train_projector"
+        raise MedtuneError(f"lora.{key}: {recipe.model.name_or_path} is a text-only model (no vision tower or "
+                           "projector): set it to false")
     # A regex, so that the same projection names in the vision tower are left alone unless asked for.
-    targets = [rf".*language_model.*\.({'|'.join(lora.target_modules)})"]
+    layers = DECODER_LAYERS["text" if text_only else "multimodal"].replace(".", r"\.")
+    targets = [rf"{layers}\.\d+\..*\.({'|'.join(lora.target_modules)})"]
     if lora.adapt_vision_tower:
         targets.append(rf".*vision_tower.*\.({'|'.join(VISION_LORA_TARGETS)})")
     return LoraConfig(
@@ -125,14 +143,28 @@ def lora_config(recipe: Recipe):
     )
 
 
+def _submodule(model, paths):
+    """The first of `paths` the model (or the model under its PEFT wrapper) has, else None."""
+    for root in (model, getattr(model, "get_base_model", lambda: None)()):
+        for path in paths:
+            try:
+                return root.get_submodule(path)
+            except AttributeError:
+                continue
+    return None
+
+
+def decoder_layers(model):
+    """The language model's decoder layers, whichever Gemma 3 class holds them."""
+    layers = _submodule(model, DECODER_LAYERS.values())
+    if layers is None:
+        raise MedtuneError(f"no decoder layers at {' or '.join(DECODER_LAYERS.values())}: not a Gemma 3 model?")
+    return layers
+
+
 def vision_tower(model):
     """The model's vision tower (under a PEFT wrapper too), or None for a text-only model."""
-    for root in (model, getattr(model, "get_base_model", lambda: None)()):
-        try:
-            return root.get_submodule(VISION_TOWER)
-        except AttributeError:
-            continue
-    return None
+    return _submodule(model, (VISION_TOWER,))
 
 
 def _route_forward(module, marker: str, choose) -> None:
@@ -190,7 +222,7 @@ def compile_decoder_layers(model) -> None:
     gradients) generates with a growing KV cache, whose shapes would recompile at every new length."""
     import torch
 
-    for layer in model.get_submodule(DECODER_LAYERS):
+    for layer in decoder_layers(model):
         # sequence lengths vary from batch to batch: dynamic shapes from the start
         compiled = torch.compile(layer.forward, dynamic=True)
 

@@ -221,17 +221,20 @@ def eval_notes(results: dict[str, dict]) -> list[str]:
     return [f"Unparsable answers (naming no option; scored as wrong): {said}."]
 
 
-def usage_snippet(base: str | None, repo_id: str | None, merged: bool) -> str:
+def usage_snippet(base: str | None, repo_id: str | None, merged: bool, text_only: bool = False) -> str:
     base_ref = base or "path/to/the/local/base/model"
     where = repo_id or "path/to/this/folder"
+    # a text-only model (MedGemma 27B text) is a causal LM with a tokenizer and no image processor
+    model_class, processor_class = (("AutoModelForCausalLM", "AutoTokenizer") if text_only
+                                    else ("AutoModelForImageTextToText", "AutoProcessor"))
     if merged:
-        return (f"from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-                f"model = AutoModelForImageTextToText.from_pretrained(\"{where}\")\n"
-                f"processor = AutoProcessor.from_pretrained(\"{where}\")")
-    return (f"from peft import PeftModel\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-            f"base = AutoModelForImageTextToText.from_pretrained(\"{base_ref}\")\n"
+        return (f"from transformers import {model_class}, {processor_class}\n\n"
+                f"model = {model_class}.from_pretrained(\"{where}\")\n"
+                f"processor = {processor_class}.from_pretrained(\"{where}\")")
+    return (f"from peft import PeftModel\nfrom transformers import {model_class}, {processor_class}\n\n"
+            f"base = {model_class}.from_pretrained(\"{base_ref}\")\n"
             f"model = PeftModel.from_pretrained(base, \"{where}\")\n"
-            f"processor = AutoProcessor.from_pretrained(\"{where}\")")
+            f"processor = {processor_class}.from_pretrained(\"{where}\")")
 
 
 # ----------------------------------------------------------------------------- the card
@@ -246,10 +249,12 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
     results = {name: _read_json(eval_dir / f"{name}.json") for name in ("finetuned", "baseline")}
     results = {name: r for name, r in results.items() if r}
     base = hub_base_model(recipe.model.name_or_path)
+    text_only = not (out_dir / "processor_config.json").is_file()  # a text-only model saves a tokenizer alone
     base_name = base or f"{Path(recipe.model.name_or_path).name} (a local model)"
     terms = MEDGEMMA_TERMS if base and base.startswith(MEDGEMMA_PREFIXES) else {}
     card_data = ModelCardData(
-        base_model=base, library_name="transformers" if merged else "peft", pipeline_tag="image-text-to-text",
+        base_model=base, library_name="transformers" if merged else "peft",
+        pipeline_tag="text-generation" if text_only else "image-text-to-text",
         tags=["medtune", "medgemma", method.lower(), task.name, "medical"], **terms,
         model_name=repo_id.split("/")[-1] if repo_id else out_dir.name,
         eval_results=eval_results(recipe, results.get("finetuned", {})) or None,
@@ -270,7 +275,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
         eval_notes=eval_notes(results), figures=figures,
         data_line=data_line(recipe, (results.get("finetuned") or results.get("baseline") or {}).get("n")),
         training_lines=training_lines(recipe, _read_json(out_dir / "run_info.json")), license_line=license_line,
-        snippet=usage_snippet(base, repo_id, merged),
+        snippet=usage_snippet(base, repo_id, merged, text_only),
         recipe_yaml=yaml.safe_dump(card_recipe(recipe), sort_keys=False))
 
 

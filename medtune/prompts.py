@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medtune.rows import tokenizer_of
+
 
 def is_plain(processor) -> bool:
     return not getattr(processor, "chat_template", None)
@@ -26,12 +28,12 @@ def prompt_text(processor, messages: list[dict[str, Any]]) -> str:
     if not is_plain(processor):
         return processor.apply_chat_template(given, add_generation_prompt=True, tokenize=False)
     images = "".join(processor.boi_token for m in given for item in m["content"] if item["type"] == "image")
-    return f"{processor.tokenizer.bos_token}{images} {_texts(given)}\n"
+    return f"{tokenizer_of(processor).bos_token}{images} {_texts(given)}\n"
 
 
 def plain_completion(processor, messages: list[dict[str, Any]]) -> str:
     """The answer as the plain form trains on it: the text, then `<eos>` (where generation must stop)."""
-    return _texts([m for m in messages if m["role"] == "assistant"]) + processor.tokenizer.eos_token
+    return _texts([m for m in messages if m["role"] == "assistant"]) + tokenizer_of(processor).eos_token
 
 
 def _texts(messages: list[dict[str, Any]]) -> str:

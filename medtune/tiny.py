@@ -21,13 +21,17 @@ TINY_NAME = "tiny"
 # hidden, queries scaled by hidden / heads as 27B's 168 = 5376 / 32, the intermediate 4 x hidden, and five
 # sliding-window layers to one global, 27B's pattern, in one full period of 6 layers): what would break on
 # 27B's dimensions breaks on it. Both share the vision tower, as the real models do.
-TINY_LAYOUTS = {
-    TINY_NAME: dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window_pattern=2),
-    "tiny-27b": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=6, num_attention_heads=8,
-                     num_key_value_heads=4, head_dim=16, query_pre_attn_scalar=12, sliding_window_pattern=6),
-}
-TINY_VERSION = 4  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+# `tiny-27b-text` is MedGemma 27B text's twin: 27B's language model alone (Gemma3ForCausalLM), with a tokenizer and
+# no image processor, as google/medgemma-27b-text-it ships.
+_LAYOUT_4B = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window_pattern=2)
+# Widths are multiples of 64, bitsandbytes' 4-bit block: its CPU inference kernel (0.50) refuses a layer whose input
+# width is not (the real models' all are).
+_LAYOUT_27B = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=16,
+                   num_key_value_heads=8, head_dim=16, query_pre_attn_scalar=8, sliding_window_pattern=6)
+TINY_LAYOUTS = {TINY_NAME: _LAYOUT_4B, "tiny-27b": _LAYOUT_27B, "tiny-27b-text": _LAYOUT_27B}
+TEXT_ONLY_TWINS = frozenset({"tiny-27b-text"})
+TINY_VERSION = 5  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
@@ -100,7 +104,8 @@ def build_tiny_processor():
 
 def build_tiny_model(tokenizer, name: str = TINY_NAME):
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                              SiglipVisionConfig)
 
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     text_config = Gemma3TextConfig(
@@ -108,24 +113,28 @@ def build_tiny_model(tokenizer, name: str = TINY_NAME):
         sliding_window=32, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_turn],
     )
-    vision_config = SiglipVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, vision_use_head=False,
-    )
-    config = Gemma3Config(
-        text_config=text_config, vision_config=vision_config, mm_tokens_per_image=MM_TOKENS,
-        boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
-        image_token_index=tokenizer.image_token_id,
-    )
     torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(config).eval()
+    if name in TEXT_ONLY_TWINS:
+        model = Gemma3ForCausalLM(text_config).eval()
+    else:
+        vision_config = SiglipVisionConfig(
+            image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=2, vision_use_head=False,
+        )
+        config = Gemma3Config(
+            text_config=text_config, vision_config=vision_config, mm_tokens_per_image=MM_TOKENS,
+            boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+            image_token_index=tokenizer.image_token_id,
+        )
+        model = Gemma3ForConditionalGeneration(config).eval()
+        with torch.no_grad():
+            # Gemma 3 initialises the projector to zeros: images would have no effect on a random model.
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.02)
     with torch.no_grad():
-        # Gemma 3 initialises the projector to zeros: images would have no effect on a random model.
-        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.02)
         # With 64 hidden units, std-0.02 embeddings (tied to lm_head) give logits within about +-1: every
         # next-token distribution stays nearly flat however the model learns. A wider spread lets the tiny
         # model become as confident as a real one (needed to compare option scoring with generation).
-        model.model.language_model.embed_tokens.weight.normal_(0, 0.2)
+        model.get_input_embeddings().weight.normal_(0, 0.2)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -141,7 +150,11 @@ def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         processor = build_tiny_processor()
         build_tiny_model(processor.tokenizer, name).save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        if name in TEXT_ONLY_TWINS:  # the tokenizer alone, with the chat template: what AutoProcessor then gives
+            processor.tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+            processor.tokenizer.save_pretrained(tmp)
+        else:
+            processor.save_pretrained(tmp)
         try:
             os.rename(tmp, path)
         except OSError:

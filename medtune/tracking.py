@@ -58,8 +58,12 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
 
     with open(predictions_file, encoding="utf-8") as f:
         predictions = [json.loads(line) for _, line in zip(range(n), f)]
-    images = dataset.select(range(len(predictions)))["image"]
-    return list(zip(predictions, images))
+    from medtune.rows import row_images
+
+    rows = dataset.select(range(len(predictions)))
+    # a row's first image stands for it in the table (the current film beside a prior, a series' first slice);
+    # None: text only
+    return [(p, next(iter(row_images(row)), None)) for p, row in zip(predictions, rows)]
 
 
 def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[list[str]], eval_dir: Path,
@@ -92,8 +96,8 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                 run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
             if n:
                 columns = ["id", "image", "reference", "generated", *scored]
-                data = [[p["id"], wandb.Image(img) if log_images else None, p["reference_text"], p["generated"],
-                         *(p.get(k) for k in scored)]
+                data = [[p["id"], wandb.Image(img) if log_images and img is not None else None, p["reference_text"],
+                         p["generated"], *(p.get(k) for k in scored)]
                         for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
                 run.log({f"final/{name}/samples": wandb.Table(columns=columns, data=data)})
         run.finish()
@@ -117,7 +121,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                 for i, (p, img) in enumerate(samples):
                     cells = [p["id"], p["reference_text"], repr(p["generated"]), *(p.get(k) for k in scored)]
                     lines.append("| " + " | ".join(str(c).replace("\n", " ") for c in cells) + " |")
-                    if log_images:
+                    if log_images and img is not None:
                         writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
                                          dataformats="HWC")
                 writer.add_text(f"final/{name}/samples", "\n".join(lines))

@@ -164,14 +164,16 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.data import load_split
     from medtune.evaluation import validation_metrics
     from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
-                               load_processor, lora_config)
+                               load_processor, lora_config, vision_tower)
     from medtune.pixels import model_ready_inputs
     from medtune.prompts import is_plain
+    from medtune.rows import check_model_takes
     from medtune.tasks import task_for
 
     project_labelled_positions_only()
     train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
     processor = load_processor(recipe)
+    check_model_takes(processor, train_set, recipe.model.name_or_path)
     model = load_model(recipe, precision)
     keep_frozen_vision_tower_out_of_autograd(model)
     if recipe.model.compile_decoder_layers:
@@ -179,13 +181,17 @@ def build_trainer(recipe: Recipe, args, precision: str):
     collator_processor, pixels = model_ready_inputs(model, processor)  # the processor itself is saved, unchanged
     # a pt model's plain form has no assistant turn to mask: its collator keeps the loss on the completion
     args.assistant_only_loss = not is_plain(processor)
+    # Every row reaches our collator as it is stored (TRL would tokenize text-only data itself, and drop the
+    # columns a text model's forward does not name): one path for rows with any number of images, or none.
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    args.remove_unused_columns = False
     validating = args.eval_strategy != "no"
     task = task_for(recipe.task)
     patience = recipe.training.get("early_stopping_patience")
     trainer = _medtune_trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=validation_set if validating else None,
         processing_class=processor, data_collator=build_collator(collator_processor, args.max_length, pixels),
-        peft_config=lora_config(recipe),
+        peft_config=lora_config(recipe, text_only=vision_tower(model) is None),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else None,
         validate=(lambda m: validation_metrics(m, processor, validation_set, task, recipe.eval)) if validating
         else None,

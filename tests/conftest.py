@@ -133,11 +133,22 @@ def small_table(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prepared(small_crc, small_siim, small_mimic, small_imagefolder, small_table):
+def small_medqa(tmp_path_factory):
+    """The synthetic MedQA questions (4 options, broken lines included), prepared: text only."""
+    from data_prep.medqa import synthesize
+
+    root = tmp_path_factory.mktemp("medqa-small")
+    synthesize(root / "raw", seed=0)
+    prepare_stand_in(root, "medqa", root / "raw")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(small_crc, small_siim, small_mimic, small_imagefolder, small_table, small_medqa):
     """task name -> a prepared dataset folder for it."""
     return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data",
             "report_generation": small_mimic / "data", "classification": small_imagefolder / "data",
-            "free_text": small_table / "data"}
+            "free_text": small_table / "data", "medqa": small_medqa / "data"}
 
 
 @pytest.fixture(scope="session")

@@ -61,11 +61,9 @@ class MultipleChoiceTask:
         for i in range(len(self.options)):
             if lowered == self.option_line(i).lower() or lowered == self.options[i].lower():
                 return i
-        letters = self.letters
-        leading = re.match(rf"^\(?([{letters}{letters.lower()}])\s*(?:\)|:|\.|$)", clean)
-        if leading and (leading.group(0).rstrip() == clean or leading.group(0)[-1] in ":)"
-                        or leading.group(1).isupper()):
-            return letters.index(leading.group(1).upper())
+        leading = self.leading_letter(clean)
+        if leading != UNPARSABLE:
+            return leading
         spans = {i: [m.span() for m in re.finditer(rf"(?<![\w-]){re.escape(option.lower())}(?![\w-])", lowered)]
                  for i, option in enumerate(self.options)}
         spans = {i: found for i, found in spans.items() if found}
@@ -75,6 +73,20 @@ class MultipleChoiceTask:
                  if any(not any(j != i and a <= start and end <= b for j, other in spans.items() for a, b in other)
                         for start, end in found)}
         return named.pop() if len(named) == 1 else UNPARSABLE
+
+    def leading_letter(self, clean: str) -> int:
+        """The option a reply opens with by letter (`A`, `(A)`, `A.`, `A)`, `A: ...`), or UNPARSABLE. A lower-case
+        letter counts only alone or before `:`/`)`: `a. ...` or `a patient` is prose."""
+        letters = self.letters
+        leading = re.match(rf"^\(?([{letters}{letters.lower()}])\s*(?:\)|:|\.|$)", clean)
+        if leading and (leading.group(0).rstrip() == clean or leading.group(0)[-1] in ":)"
+                        or leading.group(1).isupper()):
+            return letters.index(leading.group(1).upper())
+        return UNPARSABLE
+
+    def option_count(self, row: dict[str, Any]) -> int:
+        """How many of the options (the first ones) the row's question offers: all of them here."""
+        return len(self.options)
 
     # -------------------------------------------------------------- metrics
     def compute_metrics(self, references: list[int], predictions: list[int],

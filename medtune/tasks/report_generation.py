@@ -1,5 +1,6 @@
-"""Chest X-ray report generation (MIMIC-CXR): the model sees a frontal image and the report's INDICATION and
-writes FINDINGS and IMPRESSION. The paper's figure is RadGraph F1 (29.5 out-of-box, 30.3 fine-tuned).
+"""Chest X-ray report generation (MIMIC-CXR): the model sees a frontal image (and, prepared `--with-prior`, the
+patient's previous film, as radiologists compare) and the report's INDICATION
+and writes FINDINGS and IMPRESSION. The paper's figure is RadGraph F1 (29.5 out-of-box, 30.3 fine-tuned).
 
 Metrics: RadGraph F1 (the optional `radgraph` package, partial reward, as the RRG leaderboards use it),
 ROUGE-L (Google's `rouge-score`) and BLEU-4 (`sacrebleu`), all offline but RadGraph's first model download.
@@ -32,8 +33,13 @@ class ReportGenerationTask(TextAnswers):
     kind: str = "generation"
 
     # -------------------------------------------------------------- prompt and answer
-    def prompt(self, indication: str) -> str:
-        return (f"INDICATION: {indication or 'not given'}\n"
+    def prompt(self, indication: str, prior: bool | None = None) -> str:
+        """`prior` (data_prep mimic_cxr --with-prior): True when a second image, the patient's previous study,
+        follows the current one; False when the patient has none; None: the one-image prompt."""
+        comparison = {None: "", True: "The first image is the current chest X-ray; the second is the patient's "
+                                      "prior one, for comparison.\n",
+                      False: "No prior chest X-ray of the patient is available.\n"}[prior]
+        return (f"INDICATION: {indication or 'not given'}\n{comparison}"
                 "Write the FINDINGS and IMPRESSION sections of the radiology report for this chest X-ray.")
 
     def answer(self, findings: str, impression: str) -> str:
