@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark behind BENCHMARKS.md, in one command (about 13 minutes on 2 CPU cores; on a GPU the
+# Every benchmark behind BENCHMARKS.md, in one command (about 15 minutes on 2 CPU cores; on a GPU the
 # training rows use MedGemma 4B's real shape):
 #   bash benchmarks/run_all.sh [OUT.md]
 # Writes the outputs, with the machine and date each prints, to OUT.md (default benchmarks/results.md).
@@ -18,4 +18,6 @@ out="${1:-benchmarks/results.md}"
   python benchmarks/vision_attention.py 2>/dev/null
   echo; echo "## data_prep: MIMIC-CXR image preparation (python benchmarks/image_prep.py)"; echo
   python benchmarks/image_prep.py 2>/dev/null
+  echo; echo "## MedSigLIP image embeddings (python benchmarks/encoder_embeddings.py)"; echo
+  python benchmarks/encoder_embeddings.py 2>/dev/null
 } | tee "$out"

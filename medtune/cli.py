@@ -53,11 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(inspect)
     inspect.add_argument("--index", type=int, default=0, help="which train example")
 
+    compare = commands.add_parser("compare", help="finished runs on the same test split in one table (MedGemma "
+                                                  "out-of-box and fine-tuned, MedSigLIP zero-shot and probe)")
+    compare.add_argument("runs", nargs="+", type=Path, help="run folders (each run's training.output_dir)")
+    compare.add_argument("--out", type=Path, help="also write the table to this markdown file")
+
     demo = commands.add_parser("demo", help="the whole path offline on CPU: synthetic data -> prepare -> "
                                             "train the tiny model -> evaluate -> export")
     demo.add_argument("--workdir", type=Path, default=Path("medtune-demo"))
     demo.add_argument("--method", choices=["lora", "qlora"], default="lora")
     return parser
+
+
+def _medgemma_only(recipe, command: str) -> None:
+    if recipe.encoder.method:
+        raise MedtuneError(f"encoder.method: `medtune {command}` is for MedGemma recipes; a MedSigLIP recipe "
+                           "evaluates as it runs (medtune train RECIPE)")
 
 
 def _evaluate(args) -> None:
@@ -69,6 +80,7 @@ def _evaluate(args) -> None:
     from medtune.tasks import task_for
 
     recipe = load_recipe(args.recipe, args.overrides)
+    _medgemma_only(recipe, "eval")
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
         raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
     processor, dataset = load_processor(recipe), load_split(recipe, recipe.eval.split)
@@ -143,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             from medtune.config import load_recipe
             from medtune.inspect_batch import inspect_example
 
-            print(inspect_example(load_recipe(args.recipe, args.overrides), args.index))
+            recipe = load_recipe(args.recipe, args.overrides)
+            _medgemma_only(recipe, "inspect")
+            print(inspect_example(recipe, args.index))
+        elif args.command == "compare":
+            from medtune.compare import compare
+
+            table = compare(args.runs)
+            print(table)
+            if args.out:
+                args.out.write_text(table, encoding="utf-8")
         elif args.command == "demo":
             _demo(args)
     except MedtuneError as e:

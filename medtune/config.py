@@ -21,7 +21,7 @@ import yaml
 from medtune.errors import MedtuneError
 from medtune.sft_fields import sft_config_fields
 from medtune.tasks import data_prep_readers, is_configurable, task_for, task_names
-from medtune.tiny import TINY_LAYOUTS
+from medtune.tiny import TINY_ENCODER, TINY_TWINS
 
 
 class RecipeError(MedtuneError):
@@ -49,7 +49,8 @@ class TaskSection:
 
 @dataclass
 class ModelSection:
-    # or `tiny` / `tiny-27b`: a tiny random model with MedGemma 4B's / 27B's layout, offline (medtune/tiny.py)
+    # or `tiny` / `tiny-27b` / `tiny-27b-text`: a tiny random model with MedGemma 4B's / 27B's / 27B text's layout,
+    # offline (medtune/tiny.py); `tiny-siglip` for a MedSigLIP recipe (encoder.method)
     name_or_path: str = "google/medgemma-4b-it"
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a bf16-capable GPU, else fp32
@@ -119,6 +120,20 @@ class EvalSection:
 
 
 @dataclass
+class EncoderSection:
+    """MedSigLIP (google/medsiglip-448, or the tiny-siglip twin): the family's image encoder as a classifier
+    (medtune/encoder.py). Unset `method`: the recipe is a MedGemma one."""
+    # zeroshot: each image scored against one text per class; probe: a linear classifier on the image embeddings
+    method: Literal["zeroshot", "probe"] | None = None
+    # zero-shot: the texts a class is scored against, averaged; {} is the class's option text
+    templates: list = field(default_factory=lambda: ["{}"])
+    # probe: scikit-learn's C (inverse regularisation) values tried; the best on the validation split is kept
+    probe_c: list = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
+    batch_size: int = field(default=64, metadata=_range(1))  # images an embedding batch
+    num_workers: int | None = field(default=None, metadata=_range(0))  # as eval.num_workers
+
+
+@dataclass
 class ExportSection:
     merge: bool = False  # also write a merged full model to OUTPUT_DIR/merged
     push: bool = False
@@ -140,7 +155,14 @@ class TrackingSection:
 
 SECTIONS: dict[str, type] = {
     "task": TaskSection, "model": ModelSection, "data": DataSection, "lora": LoraSection,
-    "quantization": QuantizationSection, "eval": EvalSection, "export": ExportSection, "tracking": TrackingSection,
+    "quantization": QuantizationSection, "eval": EvalSection, "encoder": EncoderSection, "export": ExportSection,
+    "tracking": TrackingSection,
+}
+# What only a MedGemma recipe sets: refused in a MedSigLIP one (encoder.method), which has no language model
+MEDGEMMA_ONLY_KEYS = {
+    "model": ("attn_implementation", "vision_attn_implementation", "compile_decoder_layers", "prompt_format"),
+    "lora": ("target_modules", "adapt_vision_tower", "train_projector"), "quantization": None,  # None: any key
+    "eval": ("mode", "max_new_tokens", "validation_generations"),
 }
 # training keys that another section owns, and why
 _OWNED_ELSEWHERE = {
@@ -170,6 +192,7 @@ class Recipe:
     lora: LoraSection
     quantization: QuantizationSection
     eval: EvalSection
+    encoder: EncoderSection
     export: ExportSection
     tracking: TrackingSection
     training: dict[str, Any]  # SFTConfig keyword arguments
@@ -285,9 +308,13 @@ def _annotation_kinds(annotation) -> tuple[frozenset[str] | None, tuple | None]:
         return None, typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         kinds: set[str] = set()
+        choices: list = []
         for arg in typing.get_args(annotation):
-            k, _ = _annotation_kinds(arg)
+            k, c = _annotation_kinds(arg)
             kinds |= k or set()
+            choices += c or []
+        if choices:  # Literal[...] | None: the choices, or null
+            return None, (*choices, *([None] if "None" in kinds else []))
         return frozenset(kinds), None
     if annotation is type(None):
         return frozenset({"None"}), None
@@ -378,16 +405,57 @@ def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
     _check_task_settings(recipe.task)
     if check_data:
         _check_data(recipe)
+    _check_model_family(recipe, raw)
     task = _resolved_task(recipe.task)
     if recipe.eval.mode == "score" and not hasattr(task, "options"):
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     if recipe.export.push and not recipe.export.repo_id:
         raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
-    if recipe.model.name_or_path not in TINY_LAYOUTS and "/" not in recipe.model.name_or_path \
+    if recipe.model.name_or_path not in TINY_TWINS and "/" not in recipe.model.name_or_path \
             and not Path(recipe.model.name_or_path).exists():
         raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id (org/name), a "
-                                                f"local folder, nor a tiny twin ({', '.join(TINY_LAYOUTS)})")
+                                                f"local folder, nor a tiny twin ({', '.join(TINY_TWINS)})")
     return recipe
+
+
+def is_encoder_name(name: str) -> bool:
+    """A MedSigLIP model by its name (google/medsiglip-448, a local copy, the tiny twin)."""
+    return name == TINY_ENCODER or "siglip" in Path(name).name.lower()
+
+
+def _changed_keys(section: str, raw: dict[str, Any]) -> list[str]:
+    """The keys of a section that the recipe sets to something else than the default (a saved recipe.yaml
+    spells out every default)."""
+    default = SECTIONS[section]()
+    return [k for k, v in (raw.get(section) or {}).items() if v != getattr(default, k, v)]
+
+
+def _check_model_family(recipe: Recipe, raw: dict[str, Any]) -> None:
+    """A MedSigLIP recipe (encoder.method) names an encoder and no MedGemma key; a MedGemma recipe the reverse."""
+    name, method = recipe.model.name_or_path, recipe.encoder.method
+    if method is None:
+        if is_encoder_name(name):
+            raise RecipeError("encoder.method", f"{name} is an image encoder: set encoder.method to zeroshot or "
+                                                "probe (recipes/<task>/medsiglip-*.yaml)")
+        extra = [k for k in _changed_keys("encoder", raw) if k != "method"]
+        if extra:
+            raise RecipeError(f"encoder.{extra[0]}", "only for a MedSigLIP recipe (encoder.method): remove it")
+        return
+    if not is_encoder_name(name):
+        raise RecipeError("model.name_or_path", f"encoder.method needs MedSigLIP (google/medsiglip-448, or "
+                                                f"{TINY_ENCODER} offline), not {name}")
+    if not hasattr(_resolved_task(recipe.task), "options"):
+        raise RecipeError("task.name", f"MedSigLIP classifies images: {recipe.task.name} is not a classification "
+                                       "task")
+    for section, keys in MEDGEMMA_ONLY_KEYS.items():
+        given = [k for k in _changed_keys(section, raw) if keys is None or k in keys]
+        if given:
+            raise RecipeError(f"{section}.{given[0]}", "a MedGemma setting: a MedSigLIP recipe (encoder.method) "
+                                                       "has no language model; remove it")
+    if not recipe.encoder.templates or not all(isinstance(t, str) and "{}" in t for t in recipe.encoder.templates):
+        raise RecipeError("encoder.templates", "a list of texts, each with {} where the class's option text goes")
+    if not recipe.encoder.probe_c or not all(isinstance(c, (int, float)) and c > 0 for c in recipe.encoder.probe_c):
+        raise RecipeError("encoder.probe_c", "a list of positive numbers, e.g. [0.01, 0.1, 1, 10]")
 
 
 def _check_task_settings(section: TaskSection) -> None:

@@ -233,6 +233,17 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     if predicted is None:
         return None
     records, references, predictions, scores, how, inference_seconds = predicted
+    return write_evaluation(task, records, references, predictions, scores, name=name, out_dir=out_dir,
+                            model_label=model_label, split=dataset.split and str(dataset.split), how=how,
+                            seconds=time.time() - started, inference_seconds=inference_seconds)
+
+
+def write_evaluation(task, records: list[dict], references: list, predictions: list, scores: list | None, *,
+                     name: str, out_dir: Path, model_label: str, split: str | None, how: dict, seconds: float,
+                     inference_seconds: float) -> dict[str, Any]:
+    """The evaluation files of any model on a split, from its predictions (a record per example: id, reference,
+    reference_text, generated, parsed, and scores where it has them): out_dir/{name}.json (with `metrics`),
+    {name}_predictions.jsonl and the task's figures. Returns the result."""
     metrics = {**task.compute_metrics(references, predictions, scores), **trace_counts(records)}
     out_dir.mkdir(parents=True, exist_ok=True)
     per_example = metrics.pop("per_example")  # the task's scores of each example: saved with its prediction
@@ -240,9 +251,9 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
         for record, example in zip(records, per_example):
             f.write(json.dumps({**record, **example}) + "\n")
     result = {
-        "name": name, "model": model_label, "task": task.name, "split": dataset.split and str(dataset.split),
-        "n": len(references), "metrics": metrics, "seconds": round(time.time() - started, 1),
-        "inference_seconds": round(inference_seconds, 2), "decoding": how,
+        "name": name, "model": model_label, "task": task.name, "split": split, "n": len(references),
+        "metrics": metrics, "seconds": round(seconds, 1), "inference_seconds": round(inference_seconds, 2),
+        "decoding": how,
     }
     result["figures"] = [p.name for p in task.write_figures(metrics, per_example, out_dir, name)]
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -8,7 +8,7 @@ import functools
 from medtune.config import Recipe
 from medtune.errors import MedtuneError
 from medtune.rows import tokenizer_of
-from medtune.tiny import TINY_LAYOUTS, tiny_checkpoint_dir
+from medtune.tiny import TINY_TWINS, tiny_checkpoint_dir
 
 VISION_TOWER = "model.vision_tower"  # SigLIP, in Gemma 3's module tree
 # the decoder layers of Gemma3ForConditionalGeneration, and of Gemma3ForCausalLM (a text-only model: MedGemma 27B
@@ -31,7 +31,7 @@ def resolve_precision(preference: str) -> str:
 
 def model_path(recipe: Recipe) -> str:
     name = recipe.model.name_or_path
-    if name not in TINY_LAYOUTS:
+    if name not in TINY_TWINS:
         return name
     from accelerate import PartialState
 

@@ -23,7 +23,7 @@ import yaml
 from medtune.config import Recipe
 from medtune.data import CAPS
 from medtune.tasks import task_for
-from medtune.tiny import TINY_LAYOUTS
+from medtune.tiny import TINY_TWINS
 
 EVAL_MODES = {"generate": "greedy decoding", "score": "option scoring"}  # how the table's figures were made
 # The MedGemma family's terms (its Hub cards' license fields): a derivative carries them
@@ -86,7 +86,7 @@ patient care; its outputs can be wrong, and it inherits the biases of its base m
 # ----------------------------------------------------------------------------- where things come from
 def hub_base_model(name_or_path: str) -> str | None:
     """The base model's Hub id, or None for a local model that records none (the tiny one included)."""
-    if name_or_path in TINY_LAYOUTS:
+    if name_or_path in TINY_TWINS:
         return None
     folder = Path(name_or_path).expanduser()
     if not folder.exists():

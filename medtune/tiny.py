@@ -31,6 +31,10 @@ _LAYOUT_27B = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, 
                    num_key_value_heads=8, head_dim=16, query_pre_attn_scalar=8, sliding_window_pattern=6)
 TINY_LAYOUTS = {TINY_NAME: _LAYOUT_4B, "tiny-27b": _LAYOUT_27B, "tiny-27b-text": _LAYOUT_27B}
 TEXT_ONLY_TWINS = frozenset({"tiny-27b-text"})
+# MedSigLIP-448's twin (google/medsiglip-448): SigLIP's image and text towers (SiglipModel) with a SiglipProcessor,
+# at MedGemma's twins' image size and vocabulary
+TINY_ENCODER = "tiny-siglip"
+TINY_TWINS = (*TINY_LAYOUTS, TINY_ENCODER)  # every name `model.name_or_path` takes for a twin
 TINY_VERSION = 5  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
@@ -140,6 +144,25 @@ def build_tiny_model(tokenizer, name: str = TINY_NAME):
     return model
 
 
+def build_tiny_siglip(tokenizer):
+    """(SiglipModel, SiglipProcessor): a random MedSigLIP-shaped encoder pair, small enough for a CPU."""
+    import torch
+    from transformers import (SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTextConfig,
+                              SiglipVisionConfig)
+
+    text_config = SiglipTextConfig(vocab_size=((len(tokenizer) + 7) // 8) * 8, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
+                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+    vision_config = SiglipVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=2)  # with its pooling head
+    torch.manual_seed(0)
+    model = SiglipModel(SiglipConfig(text_config=text_config, vision_config=vision_config)).eval()
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=2,
+                                              image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return model, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
     """Where the tiny twin `name` lives; built on first use. MEDTUNE_CACHE overrides ~/.cache/medtune."""
     root = Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
@@ -149,8 +172,15 @@ def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
         # Several ranks may build it at once: each writes its own folder, and the first rename wins.
         tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         processor = build_tiny_processor()
-        build_tiny_model(processor.tokenizer, name).save_pretrained(tmp)
-        if name in TEXT_ONLY_TWINS:  # the tokenizer alone, with the chat template: what AutoProcessor then gives
+        if name == TINY_ENCODER:
+            model, encoder_processor = build_tiny_siglip(processor.tokenizer)
+            model.save_pretrained(tmp)
+            encoder_processor.save_pretrained(tmp)
+        else:
+            build_tiny_model(processor.tokenizer, name).save_pretrained(tmp)
+        if name == TINY_ENCODER:
+            pass  # saved with its own processor above
+        elif name in TEXT_ONLY_TWINS:  # the tokenizer alone, with the chat template: what AutoProcessor then gives
             processor.tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
             processor.tokenizer.save_pretrained(tmp)
         else:

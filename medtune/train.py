@@ -223,16 +223,29 @@ def describe_training(args, recipe: Recipe, processes: int) -> str:
     return line
 
 
+def report_results(recipe: Recipe, task, results: dict[str, dict], test_set) -> str:
+    """eval/comparison.md (out-of-box against fine-tuned) and the tracker's copy of the evaluation; the table."""
+    from medtune import tracking
+    from medtune.evaluation import comparison_rows, comparison_table, unavailable_notes
+
+    eval_dir = recipe.output_dir / "eval"
+    rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
+    table = comparison_table(rows, unavailable_notes(task, *results.values()))
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
+    tracking.log_evaluation(recipe, results, rows, eval_dir, test_set)
+    return table
+
+
 def run(recipe: Recipe) -> str | None:
     """Train, evaluate and export; returns the comparison table on the main process."""
     import torch
     from accelerate import PartialState
     from transformers import set_seed
 
-    from medtune import tracking
     from medtune.callbacks import NonFiniteLossGuard
     from medtune.data import load_split
-    from medtune.evaluation import comparison_rows, comparison_table, evaluate, unavailable_notes
+    from medtune.evaluation import evaluate
     from medtune.export import export
     from medtune.model import resolve_precision
     from medtune.run_info import describe_hardware, schedule, update_run_info, write_run_info
@@ -300,11 +313,7 @@ def run(recipe: Recipe) -> str | None:
     # ---------------------------------------------------------------- report and export (main process)
     table = None
     if state.is_main_process:
-        rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
-        table = comparison_table(rows, unavailable_notes(task, *results.values()))
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        (eval_dir / "comparison.md").write_text(table, encoding="utf-8")
-        tracking.log_evaluation(recipe, results, rows, eval_dir, test_set)
+        table = report_results(recipe, task, results, test_set)
         print(f"adapter and processor: {out_dir}")
         export(out_dir, merge=recipe.export.merge, push=recipe.export.push, repo_id=recipe.export.repo_id,
                private=recipe.export.private)
@@ -316,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)  # refuse a bad recipe before anything heavy loads
-        table = run(recipe)
+        if recipe.encoder.method:  # MedSigLIP: zero-shot or a probe, no language model to fine-tune
+            from medtune.encoder import run as run_encoder
+
+            table = run_encoder(recipe)
+        else:
+            table = run(recipe)
     except MedtuneError as e:
         # every rank meets a recipe's problem: say it once; running out of memory may be one rank's alone
         if os.environ.get("RANK", "0") == "0" or isinstance(e, RankLocalError):

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 from datasets import load_from_disk
 
 from medtune.tasks import get_task
 from medtune.thinking import CLOSED, NO_TRACE, TRACE_CLOSE, TRACE_OPEN, UNCLOSED, decode_generation, split_trace
-from tests.conftest import run_cli
 
 TASK = get_task("tissue_classification")
 # the demo's settings for a random model (recipes/demo/tissue_classification.yaml)
@@ -61,11 +59,12 @@ def test_a_model_that_thinks_is_evaluated_on_what_follows_its_trace(thinking_dat
     from medtune.evaluation import evaluate
     from medtune.model import load_model, load_processor
 
+    from medtune.train import main as train_main
+
     run = tmp_path / "run"
-    result = run_cli(sys.executable, "medtune/train.py", "recipes/demo/tissue_classification.yaml",
-                     f"data.path={thinking_data}", f"training.output_dir={run}", "eval.baseline=false",
-                     "eval.max_new_tokens=24", "tracking.backend=none")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert train_main(["recipes/demo/tissue_classification.yaml", f"data.path={thinking_data}",
+                       f"training.output_dir={run}", "eval.baseline=false", "eval.max_new_tokens=24",
+                       "tracking.backend=none"]) == 0
     metrics = json.loads((run / "eval/finetuned.json").read_text())["metrics"]
     records = [json.loads(line) for line in (run / "eval/finetuned_predictions.jsonl").read_text().splitlines()]
     assert metrics["thinking_traces"] == len(records) and metrics["unclosed_traces"] == 0  # the twin thinks
@@ -118,13 +117,13 @@ def test_the_27b_layout_trains_and_evaluates(recipe, overrides, prepared, tmp_pa
     from transformers import AutoConfig
 
     from medtune.tiny import tiny_checkpoint_dir
+    from medtune.train import main as train_main
 
     task = "report_generation" if "report" in recipe else "tissue_classification"
-    result = run_cli(sys.executable, "medtune/train.py", recipe, "model.name_or_path=tiny-27b",
-                     f"data.path={prepared[task]}", f"training.output_dir={tmp_path}", "training.max_steps=1",
-                     "data.max_test_samples=4", "training.per_device_train_batch_size=2", "eval.baseline=false",
-                     *TINY[4:], *overrides)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert train_main([recipe, "model.name_or_path=tiny-27b", f"data.path={prepared[task]}",
+                       f"training.output_dir={tmp_path}", "training.max_steps=1", "data.max_test_samples=4",
+                       "training.per_device_train_batch_size=2", "eval.baseline=false", "eval.num_workers=0",
+                       *TINY[4:], *overrides]) == 0
     assert json.loads((tmp_path / "eval/finetuned.json").read_text())["n"] == 4
     assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
     text = AutoConfig.from_pretrained(tiny_checkpoint_dir("tiny-27b")).text_config

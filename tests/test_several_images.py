@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 
 import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from tests.conftest import prepare_stand_in, run_cli
+from tests.conftest import prepare_stand_in
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +65,19 @@ def test_a_two_image_conversation_counts_image_tokens_per_image_and_trains(with_
             n * MM_TOKENS for n in counts]
         assert (batch["input_ids"] == processor.tokenizer.boi_token_id).sum(1).tolist() == counts
 
+    from medtune.config import load_recipe
+    from medtune.inspect_batch import inspect_example
+    from medtune.train import main as train_main
+
     run = tmp_path / "run"
-    result = run_cli(sys.executable, "medtune/train.py", "recipes/demo/report_generation.yaml",
-                     f"data.path={with_prior / 'data'}", f"training.output_dir={run}", "training.max_steps=2",
-                     "eval.max_new_tokens=8", "tracking.backend=none")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert train_main(["recipes/demo/report_generation.yaml", f"data.path={with_prior / 'data'}",
+                       f"training.output_dir={run}", "training.max_steps=2", "eval.max_new_tokens=8",
+                       "tracking.backend=none"]) == 0
     for name in ("baseline", "finetuned"):
         assert json.loads((run / f"eval/{name}.json").read_text())["n"] == len(test)
         assert json.loads((run / f"eval/{name}.json").read_text())["decoding"]["batch_size"] >= 1
-    shown = run_cli(sys.executable, "-m", "medtune.cli", "inspect", str(run / "recipe.yaml"), "--index", "1")
-    assert shown.returncode == 0 and " image(s) x 4)" in shown.stdout
+    shown = [inspect_example(load_recipe(run / "recipe.yaml"), index) for index in range(4)]
+    assert any("(2 image(s) x 4)" in text for text in shown) and any("(1 image(s) x 4)" in text for text in shown)
 
 
 # ----------------------------------------------------------------------------- CT series

@@ -72,11 +72,12 @@ def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa,
     from medtune.evaluation import evaluate
     from medtune.model import load_model, load_processor
 
+    from medtune.train import main as train_main
+
     run = tmp_path / "run"
-    result = run_cli(sys.executable, "medtune/train.py", "recipes/medqa/qlora-27b-text.yaml",
-                     "model.name_or_path=tiny-27b-text", f"data.path={small_medqa / 'data'}",
-                     f"training.output_dir={run}", "training.num_train_epochs=3", "eval.max_new_tokens=8", *TINY)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert train_main(["recipes/medqa/qlora-27b-text.yaml", "model.name_or_path=tiny-27b-text",
+                       f"data.path={small_medqa / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=3",
+                       "eval.max_new_tokens=8", *TINY]) == 0
     generated = {name: json.loads((run / f"eval/{name}.json").read_text())["metrics"]
                  for name in ("baseline", "finetuned")}
     assert generated["finetuned"]["accuracy"] >= 0.75 > generated["baseline"]["accuracy"]
@@ -92,23 +93,25 @@ def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa,
     assert all(r["scores"][4] == 0.0 and abs(sum(r["scores"]) - 1) < 1e-6 for r in records)  # 4 options: no E
 
 
-def test_images_for_a_text_only_model_are_refused_in_one_line(small_crc):
-    result = run_cli(sys.executable, "-m", "medtune.cli", "eval", "recipes/medqa/qlora-27b-text.yaml",
-                     "model.name_or_path=tiny-27b-text", "task.name=tissue_classification",
-                     f"data.path={small_crc / 'data'}", "tracking.backend=none")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("medtune: model.name_or_path: tiny-27b-text is a "
-                                                              "text-only model and the data has images")
+def test_images_for_a_text_only_model_are_refused_in_one_line(small_crc, capsys):
+    from medtune.cli import main as cli_main
+
+    assert cli_main(["eval", "recipes/medqa/qlora-27b-text.yaml", "model.name_or_path=tiny-27b-text",
+                     "task.name=tissue_classification", f"data.path={small_crc / 'data'}",
+                     "tracking.backend=none"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "medtune: model.name_or_path: tiny-27b-text is a text-only model and the data has images")
 
 
 def test_an_image_fine_tune_is_scored_on_medqa_for_the_knowledge_it_kept(demo_run, small_medqa, tmp_path):
     """`medtune eval` of the demo's tissue adapter (the same base model) on the MedQA stand-in."""
+    from medtune.cli import main as cli_main
+
     adapter = demo_run[0] / "run-lora"
-    result = run_cli(sys.executable, "-m", "medtune.cli", "eval", "recipes/medqa/qlora.yaml", "--adapter",
-                     str(adapter), "model.name_or_path=tiny", "model.precision=fp32", "quantization.load_in_4bit=false",
-                     f"data.path={small_medqa / 'data'}", f"training.output_dir={tmp_path}", "eval.mode=score",
-                     "tracking.backend=none")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert cli_main(["eval", "recipes/medqa/qlora.yaml", "--adapter", str(adapter), "model.name_or_path=tiny",
+                     "model.precision=fp32", "quantization.load_in_4bit=false", f"data.path={small_medqa / 'data'}",
+                     f"training.output_dir={tmp_path}", "eval.mode=score", "eval.num_workers=0",
+                     "tracking.backend=none"]) == 0
     scored = json.loads((tmp_path / "eval/adapter.json").read_text())
     assert scored["task"] == "medqa" and scored["n"] == 16 and 0 <= scored["metrics"]["accuracy"] <= 1
     assert str(adapter) in scored["model"]
