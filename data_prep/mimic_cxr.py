@@ -11,8 +11,8 @@ FINDINGS and IMPRESSION as the target. `--with-prior` adds the patient's previou
 second image (the study before it by StudyDate and StudyTime in the metadata CSV), as a radiologist compares;
 the prompt says which image is which, or that the patient has no prior study. The official split is kept
 (`validate` becomes `validation`). The 3000 x 2500 JPEGs are decoded at reduced scale and stored at the
-model's input size, in parallel (--num-proc). Subject, study and image ids are stored as keyed hashes; skipped studies and images are
-listed by hash in prep_report.json and in clear on the terminal only.
+model's input size, in parallel (--num-proc). Subject, study and image ids are stored as keyed hashes; skipped
+studies and images are listed by hash in prep_report.json and in clear on the terminal only.
 """
 from __future__ import annotations
 

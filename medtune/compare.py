@@ -43,9 +43,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _labels(recipe: dict[str, Any]) -> dict[str, str]:
     """What a run's baseline and fine-tuned rows are, from its recipe."""
+    from medtune.model_card import ENCODER_METHODS
+
     method = (recipe.get("encoder") or {}).get("method")
     if method:
-        return {"baseline": "zero-shot", "finetuned": {"probe": "linear probe"}.get(method, method)}
+        return {"baseline": "zero-shot", "finetuned": ENCODER_METHODS[method][0]}
     quantized = (recipe.get("quantization") or {}).get("load_in_4bit")
     return {"baseline": "out-of-box", "finetuned": "QLoRA" if quantized else "LoRA"}
 

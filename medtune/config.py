@@ -123,8 +123,9 @@ class EvalSection:
 class EncoderSection:
     """MedSigLIP (google/medsiglip-448, or the tiny-siglip twin): the family's image encoder as a classifier
     (medtune/encoder.py). Unset `method`: the recipe is a MedGemma one."""
-    # zeroshot: each image scored against one text per class; probe: a linear classifier on the image embeddings
-    method: Literal["zeroshot", "probe"] | None = None
+    # zeroshot: each image scored against one text per class; probe: a linear classifier on the image embeddings;
+    # lora: LoRA on the vision tower (lora.r, .alpha, .dropout) with a classification head, trained by `training`
+    method: Literal["zeroshot", "probe", "lora"] | None = None
     # zero-shot: the texts a class is scored against, averaged; {} is the class's option text
     templates: list = field(default_factory=lambda: ["{}"])
     # probe: scikit-learn's C (inverse regularisation) values tried; the best on the validation split is kept
@@ -162,7 +163,7 @@ SECTIONS: dict[str, type] = {
 MEDGEMMA_ONLY_KEYS = {
     "model": ("attn_implementation", "vision_attn_implementation", "compile_decoder_layers", "prompt_format"),
     "lora": ("target_modules", "adapt_vision_tower", "train_projector"), "quantization": None,  # None: any key
-    "eval": ("mode", "max_new_tokens", "validation_generations"),
+    "eval": ("mode", "max_new_tokens", "validation_generations"), "export": ("merge",),
 }
 # training keys that another section owns, and why
 _OWNED_ELSEWHERE = {
@@ -435,8 +436,8 @@ def _check_model_family(recipe: Recipe, raw: dict[str, Any]) -> None:
     name, method = recipe.model.name_or_path, recipe.encoder.method
     if method is None:
         if is_encoder_name(name):
-            raise RecipeError("encoder.method", f"{name} is an image encoder: set encoder.method to zeroshot or "
-                                                "probe (recipes/<task>/medsiglip-*.yaml)")
+            raise RecipeError("encoder.method", f"{name} is an image encoder: set encoder.method to zeroshot, probe "
+                                                "or lora (recipes/<task>/medsiglip-*.yaml)")
         extra = [k for k in _changed_keys("encoder", raw) if k != "method"]
         if extra:
             raise RecipeError(f"encoder.{extra[0]}", "only for a MedSigLIP recipe (encoder.method): remove it")

@@ -6,9 +6,15 @@ side):
   texts), SigLIP's sigmoid image-text probabilities, averaged over the templates; the best-scoring class is the
   answer and the probabilities, renormalised over the classes, give AUROC.
 - **probe**: image embeddings computed once per split, in batches, and cached beside the dataset (keyed by model,
-  revision and image size); then scikit-learn's logistic regression, its C chosen on the validation split by the
-  task's headline metric, as Google's data-efficient classifier notebook does. The zero-shot result is its
-  out-of-box column (`eval.baseline`). The classifier is saved as probe.safetensors.
+  its weights' commit and image size); then scikit-learn's logistic regression, its C chosen on the validation
+  split by the task's headline metric, as Google's data-efficient classifier notebook does. The classifier is
+  saved as probe.safetensors.
+- **lora**: PEFT LoRA on the vision tower's linear layers with a classification head (transformers'
+  SiglipForImageClassification, the head trained whole), by transformers' Trainer with the recipe's `training`
+  section: the same tracker, checkpoints, resumption and best-checkpoint selection (on the task's metric) as a
+  MedGemma run. Saved as a PEFT adapter with the image processor.
+
+The zero-shot result is the out-of-box column of the probe and LoRA runs (`eval.baseline`).
 
     accelerate launch medtune/train.py recipes/tissue_classification/medsiglip-probe.yaml
 """
@@ -35,10 +41,10 @@ def load_encoder(recipe: Recipe):
     from accelerate import PartialState
     from transformers import AutoModel, AutoProcessor
 
-    from medtune.model import _hub_errors, model_path, resolve_precision
+    from medtune.model import hub_errors, model_path, resolve_precision
 
     dtype = torch.bfloat16 if resolve_precision(recipe.model.precision) == "bf16" else torch.float32
-    with _hub_errors(recipe.model.name_or_path):
+    with hub_errors(recipe.model.name_or_path):
         path = model_path(recipe)
         model = AutoModel.from_pretrained(path, revision=recipe.model.revision, dtype=dtype)
         processor = AutoProcessor.from_pretrained(path, revision=recipe.model.revision)
@@ -81,10 +87,24 @@ def image_embeddings(model, processor, dataset, batch_size: int, num_workers: in
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def cache_dir(recipe: Recipe, processor) -> Path:
-    """Where a split's embeddings are kept: beside the dataset, one folder per model, revision and image size."""
+def _checkpoint_identity(recipe: Recipe, model) -> str:
+    """The weights' identity: the Hub commit they came from, else (a local folder, the tiny twin) their files'
+    sizes and times, so that changed weights never meet another model's cached embeddings."""
+    from medtune.model import model_path
+
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return commit
+    folder = Path(model_path(recipe))
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights) or str(folder)
+
+
+def cache_dir(recipe: Recipe, model, processor) -> Path:
+    """Where a split's embeddings are kept: beside the dataset, one folder per model (its name and weights' identity)
+    and image size."""
     size = processor.image_processor.size
-    key = json.dumps([recipe.model.name_or_path, recipe.model.revision, size.height, size.width])
+    key = json.dumps([recipe.model.name_or_path, _checkpoint_identity(recipe, model), size.height, size.width])
     name = f"{Path(recipe.model.name_or_path).name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     return Path(recipe.data.path) / CACHE_FOLDER / name
 
@@ -94,7 +114,7 @@ def cached_embeddings(recipe: Recipe, model, processor, dataset, split: str) -> 
     of them (the recipe's caps select from the cache), and written atomically."""
     import os
 
-    folder = cache_dir(recipe, processor)
+    folder = cache_dir(recipe, model, processor)
     path = folder / f"{split}.npz"
     ids = list(dataset["id"])
     if path.is_file():
@@ -184,8 +204,9 @@ def save_probe(probe, task, recipe: Recipe, out_dir: Path, tried: dict) -> Path:
                 "use": "probabilities = softmax(normalize(image_embedding) @ coef.T + intercept); for two classes "
                        "sigmoid of the single column gives the second class"}
     path = out_dir / "probe.safetensors"
-    save_file({"coef": probe.coef_.astype(np.float32), "intercept": probe.intercept_.astype(np.float32)}, str(path),
-              metadata=metadata)
+    # C order: scikit-learn's coef_ may be Fortran-ordered, and safetensors writes the buffer as it lies
+    save_file({"coef": np.ascontiguousarray(probe.coef_, dtype=np.float32),
+               "intercept": np.ascontiguousarray(probe.intercept_, dtype=np.float32)}, str(path), metadata=metadata)
     return path
 
 
@@ -196,51 +217,170 @@ def _class_probabilities(probe, features: np.ndarray, classes: int) -> np.ndarra
     return probabilities
 
 
+class _LabelledImages(_Images):
+    """The training collator: pixel values and the class labels."""
+
+    def __call__(self, rows: list[dict[str, Any]]):
+        import torch
+
+        return {"pixel_values": super().__call__(rows), "labels": torch.tensor([int(row["label"]) for row in rows])}
+
+
+def _quietly(load):
+    """`load()` with transformers' load report silenced: a classifier made from SiglipModel's checkpoint leaves
+    its text tower out and starts its head anew, as intended."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return load()
+    finally:
+        logging.set_verbosity(level)
+
+
+def train_lora(recipe: Recipe, task, processor):
+    """(the fine-tuned SiglipForImageClassification with its adapter, training seconds): LoRA on the vision tower,
+    the head trained whole, by the Trainer that MedGemma runs use (arguments, tracker, checkpoints)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import EarlyStoppingCallback, SiglipForImageClassification, Trainer
+
+    from medtune.checkpoints import resume_checkpoint
+    from medtune.data import load_split
+    from medtune.model import VISION_LORA_TARGETS, hub_errors, model_path, resolve_precision
+    from medtune.train import sft_config
+
+    precision = resolve_precision(recipe.model.precision)
+    args = sft_config(recipe, precision, on_cpu=not torch.cuda.is_available())
+    args.remove_unused_columns = False  # the collator reads the image and label columns
+    labels = dict(enumerate(task.class_names))
+    with hub_errors(recipe.model.name_or_path):
+        model = _quietly(lambda: SiglipForImageClassification.from_pretrained(
+            model_path(recipe), revision=recipe.model.revision, num_labels=len(labels), id2label=labels,
+            label2id={name: i for i, name in labels.items()},
+            dtype=torch.bfloat16 if precision == "bf16" else torch.float32))
+    lora = recipe.lora
+    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=VISION_LORA_TARGETS, modules_to_save=["classifier"]))
+    validating = args.eval_strategy != "no"
+
+    def metrics(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        computed = task.compute_metrics(prediction.label_ids.tolist(), logits.argmax(-1).tolist())
+        return {k: v for k, v in computed.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    patience = recipe.training.get("early_stopping_patience")
+    trainer = Trainer(model=model, args=args, train_dataset=load_split(recipe, "train"),
+                      eval_dataset=load_split(recipe, "validation") if validating else None,
+                      data_collator=_LabelledImages(processor.image_processor), processing_class=processor,
+                      compute_metrics=metrics if validating else None,
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else None)
+    trained = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe))
+    trainer.save_model(str(recipe.output_dir))  # the adapter (LoRA and head) and the processor
+    return trainer.model, trained.metrics.get("train_runtime", 0.0)
+
+
+def lora_probabilities(model, processor, dataset, batch_size: int, num_workers: int | None) -> np.ndarray:
+    """N x classes: the fine-tuned classifier's softmax over the classes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medtune.evaluation import default_num_workers
+
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset.select_columns(["image"]), batch_size=batch_size,
+                        collate_fn=_Images(processor.image_processor),
+                        num_workers=default_num_workers() if num_workers is None else num_workers)
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for pixels in tqdm(loader, desc="eval finetuned", unit="batch"):
+            logits = model(pixel_values=pixels.to(device, next(model.parameters()).dtype)).logits
+            parts.append(logits.float().softmax(-1).cpu())
+    return torch.cat(parts).numpy()
+
+
+def _probe(recipe: Recipe, task, model, processor, test_set, test: np.ndarray, cached: bool) -> dict:
+    """The probe's evaluation (fitted on the train split's embeddings, C chosen on validation's)."""
+    from medtune.data import load_split
+    from medtune.run_info import update_run_info
+
+    started = time.time()
+    train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
+    train, _ = cached_embeddings(recipe, model, processor, train_set, "train")
+    validation, _ = cached_embeddings(recipe, model, processor, validation_set, "validation")
+    probe, tried = fit_probe(task, train, [task.reference(r) for r in train_set.select_columns(["label"])],
+                             validation, [task.reference(r) for r in validation_set.select_columns(["label"])],
+                             recipe.encoder.probe_c)
+    update_run_info(recipe.output_dir, {"train_seconds": round(time.time() - started, 1)})
+    save_probe(probe, task, recipe, recipe.output_dir, tried)
+    evaluating = time.time()
+    probabilities = _class_probabilities(probe, test, len(task.options))
+    how = {"method": "probe", "C": probe.C, "validation": tried, "embeddings_cached": cached}
+    return _evaluate(task, test_set, probabilities, name="finetuned", recipe=recipe,
+                     label=f"{recipe.model.name_or_path} + linear probe", how=how, started=evaluating,
+                     inference_seconds=time.time() - evaluating)
+
+
+def _lora(recipe: Recipe, task, processor, test_set) -> dict:
+    """The LoRA classifier's evaluation, after its training."""
+    from medtune.run_info import update_run_info
+
+    classifier, train_seconds = train_lora(recipe, task, processor)
+    update_run_info(recipe.output_dir, {"train_seconds": round(train_seconds, 1)})
+    evaluating = time.time()
+    probabilities = lora_probabilities(classifier, processor, test_set, recipe.encoder.batch_size,
+                                       recipe.encoder.num_workers)
+    return _evaluate(task, test_set, probabilities, name="finetuned", recipe=recipe,
+                     label=f"{recipe.model.name_or_path} + LoRA and head", how={"method": "lora"},
+                     started=evaluating, inference_seconds=time.time() - evaluating)
+
+
 def run(recipe: Recipe) -> str | None:
-    """Zero-shot or probe, on the main process; returns the comparison table there."""
+    """Zero-shot, probe or LoRA, on the main process; returns the comparison table there."""
     import torch
     from accelerate import PartialState
 
     from medtune.data import load_split
-    from medtune.run_info import describe_hardware, update_run_info, write_run_info
+    from medtune.run_info import describe_hardware, write_run_info
     from medtune.tasks import task_for
     from medtune.train import report_results
 
+    from transformers import set_seed
+
     state = PartialState(cpu=not torch.cuda.is_available())
+    set_seed(recipe.training.get("seed", 42))  # the head's initialisation, as every run's, from the recipe's seed
+    method, task = recipe.encoder.method, task_for(recipe.task)
+    if method == "lora" and state.num_processes > 1:
+        raise MedtuneError("encoder.method: lora trains in one process (a 400M-parameter tower fits one GPU): "
+                           "launch it with `python medtune/train.py RECIPE`")
     if not state.is_main_process:  # one device's work: embeddings of a few thousand images
         state.wait_for_everyone()
         return None
-    out_dir, method, task = recipe.output_dir, recipe.encoder.method, task_for(recipe.task)
-    write_run_info(recipe, out_dir, {"method": f"MedSigLIP {method}", "hardware": describe_hardware(1)})
+    write_run_info(recipe, recipe.output_dir, {"method": f"MedSigLIP {method}", "hardware": describe_hardware(1)})
     model, processor = load_encoder(recipe)
     test_set = load_split(recipe, recipe.eval.split)
-    label = recipe.model.name_or_path
-    started = time.time()
-    test, cached = cached_embeddings(recipe, model, processor, test_set, recipe.eval.split)
-    embedded = time.time() - started
     results = {}
-    if method == "zeroshot" or recipe.eval.baseline:
-        zero_shot = zero_shot_probabilities(model, processor, test, task, recipe.encoder.templates)
-        how = {"method": "zeroshot", "templates": recipe.encoder.templates, "embeddings_cached": cached}
-        results["baseline"] = _evaluate(task, test_set, zero_shot, name="baseline", recipe=recipe,
-                                        label=f"{label} (zero-shot)", how=how, started=started,
-                                        inference_seconds=time.time() - started)
-    if method == "probe":
-        fit_started = time.time()
-        train_set, validation_set = load_split(recipe, "train"), load_split(recipe, "validation")
-        train, _ = cached_embeddings(recipe, model, processor, train_set, "train")
-        validation, _ = cached_embeddings(recipe, model, processor, validation_set, "validation")
-        probe, tried = fit_probe(task, train, [task.reference(r) for r in train_set.select_columns(["label"])],
-                                 validation, [task.reference(r) for r in validation_set.select_columns(["label"])],
-                                 recipe.encoder.probe_c)
-        train_seconds = time.time() - fit_started
-        save_probe(probe, task, recipe, out_dir, tried)
-        how = {"method": "probe", "C": probe.C, "validation": tried, "embeddings_cached": cached}
-        results["finetuned"] = _evaluate(task, test_set, _class_probabilities(probe, test, len(task.options)),
-                                         name="finetuned", recipe=recipe, label=f"{label} + linear probe", how=how,
-                                         started=started, inference_seconds=embedded)
-        update_run_info(out_dir, {"train_seconds": round(train_seconds, 1)})
+    if method != "lora" or recipe.eval.baseline:
+        started = time.time()
+        test, cached = cached_embeddings(recipe, model, processor, test_set, recipe.eval.split)
+        if method == "zeroshot" or recipe.eval.baseline:
+            zero_shot = zero_shot_probabilities(model, processor, test, task, recipe.encoder.templates)
+            how = {"method": "zeroshot", "templates": recipe.encoder.templates, "embeddings_cached": cached}
+            results["baseline"] = _evaluate(task, test_set, zero_shot, name="baseline", recipe=recipe,
+                                            label=f"{recipe.model.name_or_path} (zero-shot)", how=how,
+                                            started=started, inference_seconds=time.time() - started)
+        if method == "probe":
+            results["finetuned"] = _probe(recipe, task, model, processor, test_set, test, cached)
+    if method == "lora":
+        results["finetuned"] = _lora(recipe, task, processor, test_set)
     table = report_results(recipe, task, results, test_set)
-    print(f"evaluation: {out_dir / 'eval'}")
+    print(f"evaluation: {recipe.output_dir / 'eval'}")
+    if method != "zeroshot":  # something was trained: its card, and the upload where asked
+        from medtune.export import export
+
+        export(recipe.output_dir, push=recipe.export.push, repo_id=recipe.export.repo_id,
+               private=recipe.export.private)
     state.wait_for_everyone()
     return table

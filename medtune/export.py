@@ -21,7 +21,7 @@ HUB_FILES = [  # what an upload may contain
     "README.md", "adapter_config.json", "adapter_model.safetensors", "processor_config.json",
     "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "chat_template.json", "eval/baseline.json", "eval/finetuned.json", "eval/comparison.md",
-    "eval/*.png",
+    "eval/*.png", "probe.safetensors",  # a MedSigLIP probe (medtune/encoder.py)
 ]
 
 
@@ -55,8 +55,9 @@ def push_to_hub(out_dir: Path, repo_id: str, private: bool = True, base: str | N
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    if not (out_dir / "adapter_config.json").is_file():
-        raise MedtuneError(f"{out_dir} holds no adapter (adapter_config.json): train first")
+    if not any((out_dir / name).is_file() for name in ("adapter_config.json", "probe.safetensors")):
+        raise MedtuneError(f"{out_dir} holds no adapter (adapter_config.json) or probe (probe.safetensors): train "
+                           "first")
     api = HfApi()  # token: HF_TOKEN or the login cache, read by huggingface_hub itself
     url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     # Staged: the allow-listed files (linked, not copied, where the file system allows) with the adapter config

@@ -39,7 +39,7 @@ def model_path(recipe: Recipe) -> str:
         return str(tiny_checkpoint_dir(name))
 
 
-def _hub_errors(name: str):
+def hub_errors(name: str):
     """Turn the Hub's exceptions into one-line messages with the fix."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -65,7 +65,7 @@ def _hub_errors(name: str):
 def load_processor(recipe: Recipe):
     from transformers import AutoProcessor
 
-    with _hub_errors(recipe.model.name_or_path):
+    with hub_errors(recipe.model.name_or_path):
         processor = AutoProcessor.from_pretrained(model_path(recipe), revision=recipe.model.revision)
     if recipe.model.prompt_format == "plain":  # a pt model's form (medtune/prompts.py), whatever it ships
         processor.chat_template = tokenizer_of(processor).chat_template = None
@@ -76,7 +76,7 @@ def is_text_only(recipe: Recipe) -> bool:
     """Whether the model has no vision tower (its config has no vision_config): a causal LM, loaded as one."""
     from transformers import AutoConfig
 
-    with _hub_errors(recipe.model.name_or_path):
+    with hub_errors(recipe.model.name_or_path):
         config = AutoConfig.from_pretrained(model_path(recipe), revision=recipe.model.revision)
     return not hasattr(config, "vision_config")
 
@@ -118,7 +118,7 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
         # there is no device map: DeepSpeed partitions the weights over the ranks as they load.
         kwargs["device_map"] = {"": PartialState().device}
     auto_class = AutoModelForCausalLM if is_text_only(recipe) else AutoModelForImageTextToText
-    with _hub_errors(recipe.model.name_or_path):
+    with hub_errors(recipe.model.name_or_path):
         return auto_class.from_pretrained(model_path(recipe), **kwargs)
 
 
