@@ -65,8 +65,8 @@ class _Images:
                                     return_tensors="pt")["pixel_values"]
 
 
-def image_embeddings(model, processor, dataset, batch_size: int, num_workers: int | None, desc: str) -> np.ndarray:
-    """L2-normalised image embeddings (N x D, float32) of every row, in order, batch by batch."""
+def _pixel_batches(dataset, processor, batch_size: int, num_workers: int | None, device, dtype, desc: str):
+    """The rows' pixel values, a batch at a time on `device`, prepared by loader workers (as evaluation's)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -74,14 +74,22 @@ def image_embeddings(model, processor, dataset, batch_size: int, num_workers: in
 
     if "image" not in dataset.column_names:
         raise MedtuneError("MedSigLIP takes one image an example: this dataset has none, or several (images)")
-    on_cuda = model.device.type == "cuda"
+    on_cuda = torch.device(device).type == "cuda"
     loader = DataLoader(dataset.select_columns(["image"]), batch_size=batch_size,
                         collate_fn=_Images(processor.image_processor), pin_memory=on_cuda,
                         num_workers=default_num_workers() if num_workers is None else num_workers)
+    for pixels in tqdm(loader, desc=desc, unit="batch"):
+        yield pixels.to(device, dtype, non_blocking=on_cuda)
+
+
+def image_embeddings(model, processor, dataset, batch_size: int, num_workers: int | None, desc: str) -> np.ndarray:
+    """L2-normalised image embeddings (N x D, float32) of every row, in order, batch by batch."""
+    import torch
+
     parts = []
     with torch.no_grad():
-        for pixels in tqdm(loader, desc=desc, unit="batch"):
-            features = model.get_image_features(pixel_values=pixels.to(model.device, model.dtype, non_blocking=on_cuda))
+        for pixels in _pixel_batches(dataset, processor, batch_size, num_workers, model.device, model.dtype, desc):
+            features = model.get_image_features(pixel_values=pixels)
             features = getattr(features, "pooler_output", features)  # transformers 5 returns the model output
             parts.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
@@ -284,20 +292,14 @@ def train_lora(recipe: Recipe, task, processor):
 def lora_probabilities(model, processor, dataset, batch_size: int, num_workers: int | None) -> np.ndarray:
     """N x classes: the fine-tuned classifier's softmax over the classes."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from medtune.evaluation import default_num_workers
-
-    device = next(model.parameters()).device
-    loader = DataLoader(dataset.select_columns(["image"]), batch_size=batch_size,
-                        collate_fn=_Images(processor.image_processor),
-                        num_workers=default_num_workers() if num_workers is None else num_workers)
+    weights = next(model.parameters())
     model.eval()
     parts = []
     with torch.no_grad():
-        for pixels in tqdm(loader, desc="eval finetuned", unit="batch"):
-            logits = model(pixel_values=pixels.to(device, next(model.parameters()).dtype)).logits
-            parts.append(logits.float().softmax(-1).cpu())
+        for pixels in _pixel_batches(dataset, processor, batch_size, num_workers, weights.device, weights.dtype,
+                                     "eval finetuned"):
+            parts.append(model(pixel_values=pixels).logits.float().softmax(-1).cpu())
     return torch.cat(parts).numpy()
 
 
