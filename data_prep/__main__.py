@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.recipe:
             apply_recipe_options(args)
-        if getattr(get_reader(args.dataset), "SOURCE_IS_FILE", False):
-            if not args.src.is_file():
-                raise PrepError(f"--src {args.src} is not a file")
-        elif not args.src.is_dir():
+        kind = getattr(get_reader(args.dataset), "SOURCE_KIND", "folder")  # file, folder, or any (a Hub id too)
+        if kind == "file" and not args.src.is_file():
+            raise PrepError(f"--src {args.src} is not a file")
+        if kind == "folder" and not args.src.is_dir():
             raise PrepError(f"--src {args.src} is not a folder")
         report = get_reader(args.dataset).prepare(args.src, args.out, args)
     except PrepError as e:
-        print(f"data_prep: {e}", file=sys.stderr)
+        print(f"data_prep: {e}", *(e.report.why_skipped() if e.report else []), sep="\n", file=sys.stderr)
         return 2
     print(report.summary())
     if report.in_clear:

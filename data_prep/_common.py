@@ -22,7 +22,12 @@ from PIL import Image, UnidentifiedImageError
 
 
 class PrepError(Exception):
-    """A problem with the whole input (wrong folder, nothing usable): reported as one line, exit 2."""
+    """A problem with the whole input (wrong folder, nothing usable): reported as one line, exit 2. With the
+    prep's `report`, the line is followed by why its rows were skipped (a prep that kept nothing says why)."""
+
+    def __init__(self, message: str, report: "PrepReport | None" = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -54,8 +59,22 @@ class PrepReport:
         if None not in per_class:
             self.splits[split]["per_class"] = dict(sorted(per_class.items()))
 
+    def reasons(self) -> Counter:
+        """Skips counted by reason, without the detail after a colon (`image not found: a.png` counts as
+        `image not found`)."""
+        return Counter(s["reason"].split(":")[0] for s in self.skipped)
+
+    def why_skipped(self, first: int = 5) -> list[str]:
+        """Lines for the terminal: the skips counted by reason, then the first few with their reasons."""
+        if not self.skipped:
+            return ["  nothing was skipped: the source holds no example"]
+        counts = ", ".join(f"{n} {reason}" for reason, n in self.reasons().most_common())
+        more = len(self.skipped) - first
+        return [f"  skipped {len(self.skipped)}: {counts}", *(f"    {s['path']}: {s['reason']}" for s in self.skipped[:first]),
+                *([f"    ... and {more} more"] if more > 0 else [])]
+
     def to_dict(self) -> dict[str, Any]:
-        reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
+        reasons = self.reasons()
         versions = {}
         for package in ("medtune", "datasets", "pillow", "pydicom"):
             try:
@@ -263,8 +282,13 @@ def build_split(rows: Callable[[], Iterator[dict[str, Any]]], features, staging:
     from datasets import Dataset
 
     # an explicit fingerprint: hashing the generator's closure (every file path) is slow and useless here
-    return Dataset.from_generator(rows, features=features, cache_dir=str(staging / "cache"), split=name,
-                                  fingerprint=f"{staging.name}-{name}-{uuid.uuid4().hex}")
+    try:
+        return Dataset.from_generator(rows, features=features, cache_dir=str(staging / "cache"), split=name,
+                                      fingerprint=f"{staging.name}-{name}-{uuid.uuid4().hex}")
+    except ValueError as e:  # every row skipped: `datasets` refuses a split it wrote nothing to
+        if "corresponds to no data" not in str(e):
+            raise
+        return Dataset.from_dict({column: [] for column in features}, features=features, split=name)
 
 
 @contextmanager

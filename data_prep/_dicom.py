@@ -11,6 +11,7 @@ only by a rule the user chose.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,11 @@ class DicomImage:
     how: str  # how the values became 8-bit, for the prep report
 
 
-def is_dicom(path: Path) -> bool:
-    """A DICOM file by its suffix, or by the `DICM` marker of a Part 10 file (many exports have no suffix)."""
+def is_dicom(path: Path | bytes) -> bool:
+    """A DICOM file by its suffix, or by the `DICM` marker of a Part 10 file (many exports have no suffix);
+    a file's bytes (a Hugging Face dataset's image) by the marker."""
+    if isinstance(path, bytes):
+        return path[128:132] == b"DICM"
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
@@ -46,19 +50,26 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def read_dicom(path: Path, frame: str | None = None, ct_windows: bool = False) -> tuple[DicomImage | None, str | None]:
-    """(DicomImage, None) for a file whose pixels decode, else (None, reason). `frame`: which frame of a
-    multi-frame file to keep (first or middle; None skips such files); `ct_windows`: CT as three-window RGB."""
+def read_dicom(path: Path | bytes, frame: str | None = None,
+               ct_windows: bool = False) -> tuple[DicomImage | None, str | None]:
+    """(DicomImage, None) for a file (or a file's bytes) whose pixels decode, else (None, reason). `frame`: which
+    frame of a multi-frame file to keep (first or middle; None skips such files); `ct_windows`: CT as
+    three-window RGB."""
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    def source():
+        return io.BytesIO(path) if isinstance(path, bytes) else path
+
     try:
-        if path.stat().st_size == 0:
+        if (len(path) if isinstance(path, bytes) else path.stat().st_size) == 0:
             return None, "empty file"
         try:
-            dataset = pydicom.dcmread(path)
+            dataset = pydicom.dcmread(source())
         except InvalidDicomError:  # no Part 10 header: older exports are bare datasets
-            dataset = pydicom.dcmread(path, force=True)
+            dataset = pydicom.dcmread(source(), force=True)
             if "SOPClassUID" not in dataset and "PixelData" not in dataset:
                 raise
         if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -77,7 +88,9 @@ def read_dicom(path: Path, frame: str | None = None, ct_windows: bool = False) -
         return None, "no pixel data (truncated?)"
     except Exception as e:  # noqa: BLE001 - decoders raise anything on a broken stream: report, never crash
         return None, f"undecodable: {type(e).__name__}: {' '.join(str(e).split())}"[:240] + _other_plugins(dataset)
-    uid = str(dataset.get("SOPInstanceUID", "") or path.stem)
+    # no UID: the file's name, or for bytes their digest (one unnamed image is not another's patient)
+    uid = str(dataset.get("SOPInstanceUID", "")
+              or (hashlib.blake2b(path, digest_size=10).hexdigest() if isinstance(path, bytes) else path.stem))
     return DicomImage(pixels, uid, str(dataset.get("PatientID", "") or uid), how), None
 
 

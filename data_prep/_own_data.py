@@ -3,6 +3,7 @@ format Pillow reads, and DICOM), the generic task's prompts, and splits drawn wh
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,20 @@ def split_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- images
-def read_image(path: Path, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
-    """({bytes, patient, dicom_how}, None) for a readable image or DICOM, stored as `stored_image` makes it,
-    else (None, reason). `patient`: a DICOM's PatientID (to keep a patient in one split), else None."""
-    if _dicom.is_dicom(path):
-        dicom, problem = _dicom.read_dicom(path, args.frame, args.ct_windows)
+def read_image(source: Path | bytes, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+    """({bytes, patient, dicom_how}, None) for a readable image or DICOM, a file or its bytes (a Hugging Face
+    dataset's `datasets.Image`), stored as `stored_image` makes it, else (None, reason). `patient`: a DICOM's
+    PatientID (to keep a patient in one split), else None."""
+    if _dicom.is_dicom(source):
+        dicom, problem = _dicom.read_dicom(source, args.frame, args.ct_windows)
         if problem:
             return None, problem
         return {"bytes": stored_image(Image.fromarray(dicom.pixels), args.image_size), "patient": dicom.patient,
                 "dicom_how": dicom.how}, None
     try:
-        if path.stat().st_size == 0:
+        if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
             return None, "empty file"
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()  # decodes the pixels: catches truncated files that open() accepts
             image = eight_bit(image)  # 16-bit and float greyscale stretched to 8 bits
             converted = image.convert("L" if image.mode in ("L", "LA", "1") else "RGB")
@@ -89,24 +91,25 @@ def read_series(folder: Path, args: argparse.Namespace) -> tuple[dict[str, Any] 
             "dicom_how": images[0]["dicom_how"]}, None
 
 
-def read_example(path: Path, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+def read_example(source: Path | bytes, args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
     """An example's pictures: ({images: [bytes...], patient, dicom_how}, None), a series folder's slices or one
-    image, else (None, reason)."""
-    if path.is_dir():
-        return read_series(path, args)
-    image, problem = read_image(path, args)
+    image (a file or its bytes), else (None, reason)."""
+    if isinstance(source, Path) and source.is_dir():
+        return read_series(source, args)
+    image, problem = read_image(source, args)
     return (None, problem) if problem else ({**image, "images": [image.pop("bytes")]}, None)
 
 
-def image_columns(images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
-    """A row's image column(s): `images` (every slice) with --series-slices, else `image`."""
+def image_columns(images: list[bytes], several: bool) -> dict[str, Any]:
+    """A row's image column: `images` (every slice or image of the example) where examples hold several, else
+    `image`."""
     stored = [{"bytes": data, "path": None} for data in images]
-    return {"images": stored} if args.series_slices else {"image": stored[0]}
+    return {"images": stored} if several else {"image": stored[0]}
 
 
-def image_layout(args: argparse.Namespace) -> str:
-    """conversation_features' `images`: several per example with --series-slices, else one."""
-    return "several" if args.series_slices else "one"
+def image_layout(several: bool) -> str:
+    """conversation_features' `images`: several per example (--series-slices, a list column), else one."""
+    return "several" if several else "one"
 
 
 def note_dicom_handling(report: PrepReport, hows: list[str]) -> None:
@@ -162,7 +165,7 @@ def complete_splits(built: dict[str, Any], args: argparse.Namespace, report: Pre
     splits = {name: data for name, data in built.items() if len(data)}
     train = splits.pop("pool", None) or splits.pop("train", None)
     if train is None:
-        raise PrepError("nothing readable to train on (see the skipped files above)")
+        raise PrepError("nothing readable to train on", report)
     drawn = []
     for name, fraction in (("test", args.test_fraction), ("validation", args.validation_fraction)):
         if name not in splits and fraction > 0:

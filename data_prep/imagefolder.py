@@ -88,7 +88,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
     classes = sorted({name for items in files.values() for _, name in items})
     if not classes:
         raise PrepError(f"no class folder with files under {src}: lay your images out as SRC/<class>/... "
-                        "or SRC/train/<class>/...")
+                        "or SRC/train/<class>/...", report)
     task, report.task = _own_data.classification_task(classes, args)
     prompt, hows = task.prompt(), []
 
@@ -107,14 +107,14 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
                     hows.append(image["dicom_how"])
                 label = classes.index(name)
                 yield {"id": row_id, "group": hashed_id(image["patient"], key) if image["patient"] else row_id,
-                       **_own_data.image_columns(image["images"], args),
+                       **_own_data.image_columns(image["images"], bool(args.series_slices)),
                        "messages": conversation(prompt, task.answer(label), images=len(image["images"])),
                        "answer": task.answer(label),
                        "label": label}
         return generate
 
     features = conversation_features({"label": ClassLabel(names=classes), "group": Value("string")},
-                                     images=_own_data.image_layout(args))
+                                     images=_own_data.image_layout(bool(args.series_slices)))
     with staged_output(out, args.overwrite) as staging:
         built = {split: build_split(rows(items, split), features, staging, split) for split, items in files.items()}
         dataset_dict = _own_data.complete_splits(built, args, report, "group")

@@ -87,7 +87,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
         dataset_dict = DatasetDict({split: build_split(_rows(path, src, split, report), features, staging, split)
                                     for split, path in files.items()})
         if not len(dataset_dict["train"]):
-            raise PrepError(f"no usable question in {files['train']}")
+            raise PrepError(f"no usable question in {files['train']}", report)
         save_dataset(dataset_dict, report, staging, list(TASK.class_names))
     return report
 

@@ -290,8 +290,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
         dataset_dict = DatasetDict({split: build_split(rows(split, pool), features, staging, split)
                                     for split in SPLITS.values() if studies.get(split)})
         if not sum(len(d) for d in dataset_dict.values()):
-            raise PrepError("no study had a readable image and a report with FINDINGS or IMPRESSION "
-                            "(see the skipped studies above)")
+            raise PrepError("no study had a readable image and a report with FINDINGS or IMPRESSION", report)
         if priors:
             report.notes.append("rows by prior film: " + ", ".join(f"{what} {n}" for what, n in sorted(priors.items())))
         if not_utf8:

@@ -132,7 +132,7 @@ def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
         for uid in sorted(set(labels) - seen):
             report.skip_hashed(f"{csv_path.name}: ", uid, "CSV row without a readable DICOM")
         if len(pool) == 0:
-            raise PrepError(f"no usable DICOM under {src / IMAGE_DIR} (see the skipped files above)")
+            raise PrepError(f"no usable DICOM under {src / IMAGE_DIR}", report)
         rest, test = stratified_split(pool["label"], args.test_fraction, args.seed, groups=pool["patient"])
         rest_pool = pool.select(rest)
         train, validation = stratified_split(rest_pool["label"], args.validation_fraction, args.seed,

@@ -1,55 +1,37 @@
 """Your own table of examples (CSV, JSON lines or Parquet), for the `classification` or `free_text` task.
 
-One row per example; the column names are flags (defaults in brackets):
-
-    image     [image]     the image's path, relative to the table's folder (or --image-root); any image Pillow
-                          reads, or a DICOM. A path that leads outside that folder (`../`, absolute) is refused
-    label     [label]     a class name (classification), or
-    answer    [answer]    a free-text answer (free_text)
-    question  [question]  optional, free_text: the row's own question (else --question or task.question)
-    split     [split]     optional: train, validation or test (val, valid, dev too); missing splits drawn from train
-    group     (none)      optional, --group-column: e.g. a patient id, stored as a keyed hash; no group in two splits
-    id        (none)      optional, --id-column: the example's id (else its row number); --hash-ids stores it hashed
+One row per example, its columns named by flags (data_prep/_tabular.py): `image` (a path relative to the table's
+folder or --image-root, or in a Parquet file written by `datasets` the image's bytes), `label` or `answer`, and
+optionally `question`, `split`, `group` (--group-column, e.g. a patient id) and `id` (--id-column).
 
 The task is classification when the table has the label column, else free_text (--task, or the recipe's
 task.name, chooses). Malformed rows, missing or unreadable images, empty labels or answers and unknown splits
-are skipped, counted and listed in prep_report.json by row number.
+are skipped, counted and listed in prep_report.json by row number (a missing image with its path).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from tqdm import tqdm
+from data_prep import _tabular
+from data_prep._common import PrepError, PrepReport
+from data_prep._tabular import Row, RowSource
 
-from data_prep import _own_data
-from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, group_by,
-                               hashed_id, id_key, save_dataset, staged_output)
-from medtune.tasks import get_task
-
-SOURCE_IS_FILE = True  # --src is the table, not a folder
+SOURCE_KIND = "file"  # --src is the table, not a folder
 SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _own_data.add_arguments(parser)
-    parser.add_argument("--task", choices=("classification", "free_text"), default=None,
-                        help="default: classification when the table has the label column, else free_text")
-    parser.add_argument("--image-root", type=Path, default=None,
-                        help="the folder image paths are relative to (default: the table's); none may lead outside it")
-    for column, default in (("image", "image"), ("label", "label"), ("answer", "answer"), ("question", "question"),
-                            ("split", "split"), ("group", None), ("id", None)):
-        parser.add_argument(f"--{column}-column", default=default, metavar="NAME")
-    parser.add_argument("--hash-ids", action="store_true", help="store and report the id column as keyed hashes")
+    _tabular.add_arguments(parser)
 
 
 # ----------------------------------------------------------------------------- reading the table
-def read_rows(path: Path, report: PrepReport) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, row) for each well-formed row; `where` is `table.csv:LINE`. Malformed rows are skipped."""
+def read_rows(path: Path, report: PrepReport, args: argparse.Namespace) -> Iterator[Row]:
+    """(where, row) for each well-formed row; `where` is `table.csv:LINE` (`table.parquet[ROW]`). Malformed rows
+    are skipped."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
@@ -75,150 +57,23 @@ def read_rows(path: Path, report: PrepReport) -> Iterator[tuple[str, dict[str, A
                     report.skip(f"{path.name}:{line}", "malformed JSON line: not an object")
                     continue
                 yield f"{path.name}:{line}", row
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+    elif suffix == ".parquet":  # through `datasets`: an image column of embedded bytes stays on disk until read
+        from datasets import Dataset
 
         try:
-            rows = pq.read_table(path).to_pylist()
+            table = Dataset.from_parquet(str(path))
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a broken file
             raise PrepError(f"{path.name} is not a readable Parquet file: {e}") from None
-        for index, row in enumerate(rows):
-            yield f"{path.name}:row {index}", row
+        yield from _tabular.dataset_rows(table, path.name, args)
     else:
         raise PrepError(f"--src {path.name}: a table is a {', '.join(SUFFIXES)} file")
 
 
-def _text(row: dict[str, Any], column: str | None) -> str:
-    value = row.get(column) if column else None
-    return "" if value is None else str(value).strip()
-
-
-def safe_image_path(relative: str, root: Path, series: bool = False) -> tuple[Path | None, str | None]:
-    """The image's path under `root`, or (None, reason): a shared table must not make the reader open any file
-    on the machine, so an absolute path, or one that leads out of `root` (`../`, a link), is refused."""
-    if not relative:
-        return None, "no image path"
-    if Path(relative).is_absolute() or relative.startswith(("\\", "~")) or ":" in Path(relative).parts[0]:
-        return None, "image path refused: absolute (paths are relative to the table's folder or --image-root)"
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        return None, "image path refused: it leads outside the table's folder (or --image-root)"
-    if series and path.is_dir():  # --series-slices: the folder of a series' slice DICOMs
-        return path, None
-    if not path.is_file():
-        return None, "image not found" + (" (nor a series folder)" if series else "")
-    return path, None
-
-
 # ----------------------------------------------------------------------------- prepare
 def prepare(src: Path, out: Path, args: argparse.Namespace) -> PrepReport:
-    from datasets import ClassLabel, Value
-
-    report = PrepReport(dataset="table", source=str(src), options=_own_data.split_options(args), hash_key=id_key())
-    key, root = report.hash_key, (args.image_root or src.parent)
-    rows = list(read_rows(src, report))
-    if not rows:
-        raise PrepError(f"{src.name} has no readable row")
-    columns = set().union(*(row.keys() for _, row in rows))
-    task_name = args.task or ("classification" if args.label_column in columns else "free_text")
-    target = args.label_column if task_name == "classification" else args.answer_column
-    for column, flag in ((args.image_column, "image"), (target, target_flag(task_name))):
-        if column not in columns:
-            raise PrepError(f"{src.name} has no column {column!r} (it has {', '.join(sorted(columns))}): "
-                            f"name it with --{flag}-column")
-    examples = _examples(rows, root, args, target, report)
-    if task_name == "classification":
-        classes = sorted({e["target"] for e in examples})
-        task, report.task = _own_data.classification_task(classes, args)
-
-        def conversation_of(example: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-            label = classes.index(example["target"])
-            return task.prompt(), task.answer(label), {"label": label}
-    else:
-        classes, task = [], get_task("free_text", args.question, None)
-        report.task = {"name": task.name, "question": task.question}
-
-        def conversation_of(example: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-            return task.prompt(example["question"]), task.answer(example["target"]), {}
-
-    def generate(items: list[dict[str, Any]], split: str):
-        def rows_of_split():
-            for example in tqdm(items, desc=f"reading {split}", unit="img", mininterval=1.0):
-                image, problem = _own_data.read_example(example["path"], args)
-                if problem:
-                    report.skip(example["where"], problem)
-                    continue
-                if image["dicom_how"]:
-                    hows.append(image["dicom_how"])
-                prompt, answer, label = conversation_of(example)
-                yield {"id": example["id"], "group": example["group"], **_own_data.image_columns(image["images"], args),
-                       "messages": conversation(prompt, answer, images=len(image["images"])), "answer": answer,
-                       **label}
-        return rows_of_split
-
-    def row_id(example: dict[str, Any]) -> str:
-        return hashed_id(example["id"], key) if args.hash_ids else example["id"]
-
-    for example in examples:
-        example["id"] = row_id(example)
-        example["group"] = hashed_id(example["group"], key) if example["group"] is not None else example["id"]
-    examples = _keep_groups_in_one_split(examples, report)
-    hows: list[str] = []
-    extra = {"group": Value("string")}
-    if task_name == "classification":
-        extra["label"] = ClassLabel(names=classes)
-    features = conversation_features(extra, images=_own_data.image_layout(args))
-    with staged_output(out, args.overwrite) as staging:
-        built = {split: build_split(generate(items, split), features, staging, split)
-                 for split, items in sorted(group_by(examples, lambda e: e["split"]).items())}
-        dataset_dict = _own_data.complete_splits(built, args, report, "group")
-        _own_data.note_dicom_handling(report, hows)
-        save_dataset(dataset_dict, report, staging, classes or None,
-                     count_by="label" if task_name == "classification" else None)
-    return report
-
-
-def target_flag(task_name: str) -> str:
-    return "label" if task_name == "classification" else "answer"
-
-
-def _examples(rows: list[tuple[str, dict[str, Any]]], root: Path, args: argparse.Namespace, target: str,
-              report: PrepReport) -> list[dict[str, Any]]:
-    """The rows that name an image inside the root, a target and a known split; the others are skipped."""
-    examples = []
-    for index, (where, row) in enumerate(rows):
-        path, problem = safe_image_path(_text(row, args.image_column), root, bool(args.series_slices))
-        value, split = _text(row, target), _text(row, args.split_column).lower()
-        if problem is None and not value:
-            problem = f"empty {target}"
-        if problem is None and split and split not in _own_data.SPLIT_NAMES:
-            problem = f"unknown split {split[:20]!r} (train, validation or test)"
-        if problem:
-            report.skip(where, problem)
-            continue
-        examples.append({"where": where, "path": path, "target": value, "question": _text(row, args.question_column),
-                         "split": _own_data.SPLIT_NAMES.get(split, "pool"),
-                         "id": _text(row, args.id_column) or f"row-{index}",
-                         "group": _text(row, args.group_column) or None})
-    if any(e["split"] != "pool" for e in examples) and any(e["split"] == "pool" for e in examples):
-        for example in [e for e in examples if e["split"] == "pool"]:
-            report.skip(example["where"], "no split, where other rows have one")
-        examples = [e for e in examples if e["split"] != "pool"]
-    return examples
-
-
-def _keep_groups_in_one_split(examples: list[dict[str, Any]], report: PrepReport) -> list[dict[str, Any]]:
-    """A group (patient) the table puts in several splits stays in the one holding most of its rows; its rows in
-    the others are skipped, so that no split tests on a patient it trained on."""
-    home = {group: Counter(e["split"] for e in members).most_common(1)[0][0]
-            for group, members in group_by(examples, lambda e: e["group"]).items()}
-    kept = []
-    for example in examples:
-        if example["split"] == home[example["group"]]:
-            kept.append(example)
-        else:
-            report.skip(example["where"], f"its group is also in {home[example['group']]}: a group stays in one split")
-    return kept
+    report = _tabular.new_report("table", str(src), args)
+    rows = list(read_rows(src, report, args))
+    return _tabular.prepare_rows(RowSource(rows, src.name, args.image_root or src.parent), out, args, report)
 
 
 # ----------------------------------------------------------------------------- synthetic stand-in

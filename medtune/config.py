@@ -21,7 +21,7 @@ import yaml
 from medtune.errors import MedtuneError
 from medtune.sft_fields import sft_config_fields
 from medtune.tasks import data_prep_readers, is_configurable, task_for, task_names
-from medtune.tiny import TINY_ENCODER, TINY_TWINS
+from medtune.tiny import TINY_ENCODER, TINY_NAME, TINY_TWINS
 
 
 class RecipeError(MedtuneError):
@@ -50,7 +50,7 @@ class TaskSection:
 @dataclass
 class ModelSection:
     # or `tiny` / `tiny-27b` / `tiny-27b-text`: a tiny random model with MedGemma 4B's / 27B's / 27B text's layout,
-    # offline (medtune/tiny.py); `tiny-siglip` for a MedSigLIP recipe (encoder.method)
+    # offline (medtune/tiny.py); on a MedSigLIP recipe (encoder.method) `tiny` is `tiny-siglip`, MedSigLIP's twin
     name_or_path: str = "google/medgemma-4b-it"
     revision: str | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on a bf16-capable GPU, else fp32
@@ -404,6 +404,8 @@ def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
         raise RecipeError("task.name", f"unknown task {recipe.task.name!r}{_suggest(recipe.task.name, task_names())}; "
                                        f"built in: {', '.join(task_names())}")
     _check_task_settings(recipe.task)
+    if recipe.encoder.method is not None and recipe.model.name_or_path == TINY_NAME:
+        recipe.model.name_or_path = TINY_ENCODER  # `tiny` runs every recipe offline: a MedSigLIP one on its twin
     if check_data:
         _check_data(recipe)
     _check_model_family(recipe, raw)

@@ -186,9 +186,10 @@ def test_table_rows_that_go_wrong_are_skipped_with_their_reason(small_table):
     report = report_of(small_table / "data")
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert reasons == {
-        "table.csv:50": "empty file", "table.csv:51": "image not found",
-        "table.csv:52": "image path refused: it leads outside the table's folder (or --image-root)",
-        "table.csv:53": "image path refused: absolute (paths are relative to the table's folder or --image-root)",
+        "table.csv:50": "empty file", "table.csv:51": "image not found: images/missing.png",  # the path it names
+        "table.csv:52": "image path refused: it leads outside the table's folder (or --image-root): ../outside.png",
+        "table.csv:53": "image path refused: absolute (paths are relative to the table's folder or --image-root): "
+                        "/etc/hostname",
         "table.csv:54": "empty answer", "table.csv:55": "malformed CSV row: 6 fields, the header has 5",
     }
     assert report["task"] == {"name": "free_text", "question": "Describe the findings in this image."}

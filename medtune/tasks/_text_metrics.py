@@ -1,5 +1,6 @@
 """Metrics of generated text against a reference, shared by the tasks that answer in free text: ROUGE-L
-(Google's `rouge-score`) and BLEU-4 (`sacrebleu`), both offline, and the per-answer ROUGE-L histogram."""
+(Google's `rouge-score`), BLEU-4 (`sacrebleu`) and SQuAD's token F1 (`torchmetrics`), all offline, and the
+per-answer ROUGE-L histogram."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,6 +36,17 @@ def bleu4(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
 
     corpus = sacrebleu.corpus_bleu(hyps, [refs]).score / 100
     return corpus, [sacrebleu.sentence_bleu(h, [r]).score / 100 for r, h in zip(refs, hyps)]
+
+
+def token_f1(refs: list[str], hyps: list[str]) -> tuple[float, list[float]]:
+    """SQuAD v1.1's token F1 (lower case, punctuation and articles removed, unigram overlap), the "tokenized F1"
+    medical VQA (VQA-RAD, SLAKE, PathVQA) is reported with: torchmetrics' implementation of the official script,
+    per answer; the corpus figure is their mean, on a 0-1 scale."""
+    from torchmetrics.functional.text import squad
+
+    each = [float(squad([{"prediction_text": h, "id": "0"}], [{"answers": {"text": [r], "answer_start": [0]},
+                                                               "id": "0"}])["f1"]) / 100 for r, h in zip(refs, hyps)]
+    return (sum(each) / len(each) if each else 0.0), each
 
 
 def rouge_l_histogram(task_name: str, unit: str, metrics: dict[str, Any], per_example: list[dict[str, Any]],

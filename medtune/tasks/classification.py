@@ -8,7 +8,7 @@ from __future__ import annotations
 from medtune.tasks._multiple_choice import MultipleChoiceTask
 
 NAME = "classification"
-READERS = ("imagefolder", "table")  # the data_prep readers that write its data
+READERS = ("imagefolder", "table", "hub")  # the data_prep readers that write its data
 DEFAULT_QUESTION = "Which of the following best describes this image?"
 MAX_OPTIONS = 26  # the options are lettered A to Z
 

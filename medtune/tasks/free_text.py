@@ -1,17 +1,22 @@
-"""Your own questions and answers: free-text answers from a table that `data_prep table` prepared (an answer
-per row, a question per row or the recipe's `task.question`). Scored by ROUGE-L, BLEU-4 and exact match
-(case and spacing aside); empty answers are counted.
+"""Your own questions and answers: free-text answers from a table or a Hugging Face dataset that `data_prep
+table` or `data_prep hub` prepared (an answer per row, a question per row or the recipe's `task.question`).
+Scored by ROUGE-L, BLEU-4 and exact match (case and spacing aside); empty answers are counted.
+
+Medical VQA (VQA-RAD, SLAKE, PathVQA) is scored as its papers score it: SQuAD's token F1 for the open questions,
+accuracy for the closed ones (those whose reference is yes or no: right when the answer's first word is the
+reference's), each on its own and token F1 over all questions together (the MedGemma model card's figure).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtune.tasks._text_metrics import TextAnswers, add_metrics, bleu4, rouge_l, rouge_l_histogram
+from medtune.tasks._text_metrics import TextAnswers, add_metrics, bleu4, rouge_l, rouge_l_histogram, token_f1
 
 NAME = "free_text"
-READERS = ("table",)  # the data_prep readers that write its data
+READERS = ("table", "hub")  # the data_prep readers that write its data
 DEFAULT_QUESTION = "Describe the findings in this image."
 
 
@@ -23,8 +28,9 @@ class FreeTextTask(TextAnswers):
     # your own data may be a hospital's: its images and answers stay out of trackers unless tracking.log_images
     credentialed: bool = True
     max_new_tokens: int = 128  # eval.max_new_tokens for longer answers
-    table_metrics: tuple[str, ...] = ("rouge_l", "bleu4", "exact_match", "empty")
-    example_metrics: tuple[str, ...] = ("rouge_l", "bleu4", "exact_match")
+    table_metrics: tuple[str, ...] = ("rouge_l", "token_f1", "token_f1_open", "closed_accuracy", "bleu4",
+                                      "exact_match", "empty")
+    example_metrics: tuple[str, ...] = ("rouge_l", "token_f1", "bleu4", "exact_match", "closed_correct")
     kind: str = "generation"
 
     def prompt(self, question: str | None = None) -> str:
@@ -41,7 +47,16 @@ class FreeTextTask(TextAnswers):
             "n": len(references), "empty": sum(not p.strip() for p in predictions),
             "exact_match": sum(e["exact_match"] for e in per_example) / len(per_example) if per_example else 0.0,
         }
-        add_metrics(metrics, per_example, references, predictions, {"rouge_l": rouge_l, "bleu4": bleu4})
+        add_metrics(metrics, per_example, references, predictions,
+                    {"rouge_l": rouge_l, "bleu4": bleu4, "token_f1": token_f1})
+        closed = [i for i, r in enumerate(references) if closed_answer(r)]
+        for i in closed:
+            per_example[i]["closed_correct"] = first_word(predictions[i]) == closed_answer(references[i])
+        open_ = [e["token_f1"] for e in per_example if "closed_correct" not in e]
+        metrics.update(n_closed=len(closed), n_open=len(open_),
+                       closed_accuracy=(sum(per_example[i]["closed_correct"] for i in closed) / len(closed)
+                                        if closed else None),
+                       token_f1_open=sum(open_) / len(open_) if open_ else None)
         metrics["per_example"] = per_example
         return metrics
 
@@ -52,6 +67,21 @@ class FreeTextTask(TextAnswers):
 
 def _normal(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .")
+
+
+CLOSED_ANSWERS = ("yes", "no")
+
+
+def first_word(text: str) -> str:
+    """The answer's first word, lower case, without punctuation ("Yes, a small one." -> "yes")."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return words[0] if words else ""
+
+
+def closed_answer(reference: str) -> str | None:
+    """yes or no for a closed question's reference, else None (an open question)."""
+    words = re.findall(r"[a-z0-9]+", reference.lower())
+    return words[0] if len(words) == 1 and words[0] in CLOSED_ANSWERS else None
 
 
 def configure(question: str | None, options: dict[str, str] | None) -> FreeTextTask:
