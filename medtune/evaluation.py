@@ -223,7 +223,8 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
              model_label: str) -> dict[str, Any] | None:
     """Writes out_dir/{name}.json (with `metrics`), {name}_predictions.jsonl and the task's figures.
 
-    `settings` is the recipe's eval section: mode "generate" is greedy generation, answers parsed by the task
+    `settings` is the recipe's eval section (its `split` names what `dataset` is: a split data_prep drew from a
+    pool carries the pool's name in `datasets`): mode "generate" is greedy generation, answers parsed by the task
     (the paper's way, the default); mode "score" is option scoring (classification tasks). Returns the result
     on the main process only.
     """
@@ -234,7 +235,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
         return None
     records, references, predictions, scores, how, inference_seconds = predicted
     return write_evaluation(task, records, references, predictions, scores, name=name, out_dir=out_dir,
-                            model_label=model_label, split=dataset.split and str(dataset.split), how=how,
+                            model_label=model_label, split=settings.split, how=how,
                             seconds=time.time() - started, inference_seconds=inference_seconds)
 
 

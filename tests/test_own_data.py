@@ -275,8 +275,10 @@ def test_the_tiny_model_learns_your_own_data(recipe, task, headline, epochs, pre
                      f"training.num_train_epochs={epochs}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     baseline = json.loads((run / "eval/baseline.json").read_text())["metrics"]
-    finetuned = json.loads((run / "eval/finetuned.json").read_text())["metrics"]
+    result = json.loads((run / "eval/finetuned.json").read_text())
+    finetuned = result["metrics"]
     assert finetuned[headline] > max(baseline[headline], 0.8)
+    assert result["split"] == "test"  # the split evaluated, though data_prep drew it from the pool of rows
     figure = "finetuned_confusion_matrix.png" if task == "classification" else "finetuned_rouge_l.png"
     assert Image.open(run / "eval" / figure).size[0] > 0
     assert f"| {task} | {headline} |" in (run / "eval/comparison.md").read_text()
