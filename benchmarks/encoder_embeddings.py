@@ -1,6 +1,6 @@
 """MedSigLIP image-embedding extraction (what the zero-shot and probe recipes spend their time on): images/s at the
 tiny twin's width and at MedSigLIP-448's real vision tower (SigLIP-400M: 27 layers of width 1152, 1,024 patches
-of 14 px at 448 px; random weights), through medtune.encoder.image_embeddings, as the recipes run it.
+of 14 px at 448 px; random weights), through medtune.embeddings.image_embeddings, as the recipes run it.
 
     python benchmarks/encoder_embeddings.py [--images 64] [--real-images 8] [--batch 64] [--workers N]
 
@@ -46,7 +46,7 @@ def _model(width: str):
 
 
 def measure(width: str, dataset, batch: int, workers: int | None) -> dict:
-    from medtune.encoder import image_embeddings
+    from medtune.embeddings import image_embeddings
 
     model, processor = _model(width)
     image_embeddings(model, processor, dataset.select(range(min(batch, len(dataset)))), batch, workers, "warm-up")

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_prep._common import read_image_resized
-from data_prep._common import MODEL_IMAGE_SIZE
+from data_prep._common import MODEL_IMAGE_SIZE, read_image_resized
 from data_prep.mimic_cxr import REAL_SIZE, synthetic_film
 
 

@@ -128,6 +128,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from medgemma_shapes import write_checkpoint
+
     from medtune.evaluation import PromptInputs
     from medtune.pixels import model_ready_inputs
 
@@ -182,8 +183,9 @@ def main() -> None:
           f"before pipeline alone on one core ({plain:.1f} images/s)\n")
     print("| evaluated split | films | wall s | of which scoring s | films/s end to end | vs before pipeline |")
     print("|---|---|---|---|---|---|")
+    real_size = full_size_test(data["siim"], args.workdir)
     for label, path in (("stand-in test split", data["siim"]),
-                        (f"SIIM-ACR's real test size ({REAL_SIIM_TEST} films)", full_size_test(data["siim"], args.workdir))):
+                        (f"SIIM-ACR's real test size ({REAL_SIIM_TEST} films)", real_size)):
         wall, result = medtune_eval_wall(checkpoint, path, args.workdir / "eval-run", cores[0])  # test split
         rate = result["n"] / wall
         print(f"| {label} | {result['n']} | {wall:.2f} | {result['inference_seconds']:.2f} | {rate:.1f} | "

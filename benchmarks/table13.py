@@ -51,8 +51,8 @@ def table(work: Path) -> str:
         info = _load(run / "run_info.json")
         seconds = info.get("train_seconds", 0) + baseline.get("seconds", 0) + finetuned.get("seconds", 0)
         lines.append(f"| {task} | {metric} | {out_of_box} | {fine_tuned} | {_cell(baseline, metric, notes)} | "
-                     f"{_cell(finetuned, metric, notes)} | {_model_name(baseline or finetuned)} | {seconds / 60:.1f} min | "
-                     f"{info.get('hardware', '—')} |")
+                     f"{_cell(finetuned, metric, notes)} | {_model_name(baseline or finetuned)} | "
+                     f"{seconds / 60:.1f} min | {info.get('hardware', '—')} |")
         if task in NOTES and NOTES[task] not in notes:
             notes.append(NOTES[task])
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"

@@ -20,7 +20,7 @@ Configurations:
   `modules_to_save=["lm_head", "embed_tokens"]`, eager attention, its collate_fn (loss on every token but
   padding and image tokens), batch 4 x 4, gradient checkpointing, lr 2e-4, clipping 0.3.
 - medtune-qlora / medtune-lora: recipes/tissue_classification/{qlora,lora}.yaml run through medtune's own
-  trainer builder (medtune.train.build_trainer): what `medtune train` runs.
+  trainer builder (medtune.trainer.build_trainer): what `medtune train` runs.
 - medtune-METHOD+VARIANT[+VARIANT...]: the recipe with the variants' overrides (VARIANTS below), e.g.
   `medtune-lora+no-checkpointing+8x2`. Two variants undo a medtune change, to show what it buys:
   `tower-in-autograd` (the frozen vision tower recorded by autograd, as TRL + PEFT's input-gradient hooks leave
@@ -158,7 +158,8 @@ def reference_trainer(checkpoint: Path, data: Path, out: Path, steps: int):
                      gradient_accumulation_steps=REFERENCE_ACCUMULATION, gradient_checkpointing=True,
                      optim="adamw_torch_fused", logging_steps=1, save_strategy="no", eval_strategy="no",
                      learning_rate=2e-4, bf16=on_gpu, max_grad_norm=0.3, warmup_steps=0.03,
-                     lr_scheduler_type="linear", report_to="none", gradient_checkpointing_kwargs={"use_reentrant": False},
+                     lr_scheduler_type="linear", report_to="none",
+                     gradient_checkpointing_kwargs={"use_reentrant": False},
                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
                      label_names=["labels"], use_cpu=not on_gpu, dataloader_num_workers=0, seed=42)
     train = load_from_disk(str(data))["train"]
@@ -171,7 +172,7 @@ def medtune_trainer(method: str, checkpoint: Path, data: Path, out: Path, steps:
 
     from medtune.config import load_recipe
     from medtune.model import resolve_precision
-    from medtune.train import build_trainer, sft_config
+    from medtune.trainer import build_trainer, sft_config
 
     recipe = load_recipe(REPO / f"recipes/tissue_classification/{method}.yaml", [
         f"model.name_or_path={checkpoint}", f"data.path={data}", "data.max_train_samples=null",
@@ -198,13 +199,12 @@ def parameter_count(checkpoint: Path) -> int:
 
 def measure(config: str, checkpoint: Path, data: Path, out: Path, steps: int, overrides: list[str] = ()) -> dict:
     import torch
+    import trl.trainer.utils as trl_utils
     from transformers import set_seed
+    from trl.kernels.chunked_logprob import _use_triton as trl_default
 
     from medtune.model import VISION_TOWER
-    from medtune.train import project_labelled_positions_only
-
-    import trl.trainer.utils as trl_utils
-    from trl.kernels.chunked_logprob import _use_triton as trl_default
+    from medtune.trainer import project_labelled_positions_only
 
     set_seed(42)
     # As TRL does on a GPU, for every configuration: only labelled positions go through the LM head
@@ -343,7 +343,7 @@ def main() -> None:
                               "--workdir", str(args.workdir), "--slices", str(args.slices)], cwd=REPO,
                              capture_output=True, text=True,
                              env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((text for text in run.stdout.splitlines() if text.startswith("RESULT ")), None)
         if line is None:  # one failed variant (a kernel missing, out of memory) must not cost the other rows
             failures[config] = (run.stderr.strip().splitlines() or ["no output"])[-1][:300]
             print(f"{config} failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}", file=sys.stderr)

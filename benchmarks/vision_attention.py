@@ -76,7 +76,7 @@ def main() -> None:
     for implementation in IMPLEMENTATIONS:
         run = subprocess.run([sys.executable, __file__, "--child", implementation, "--layers", str(layers),
                               "--batch", str(batch), "--workdir", str(args.workdir)], capture_output=True, text=True)
-        line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((text for text in run.stdout.splitlines() if text.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{implementation} failed:\n{run.stderr[-3000:]}")
         results.append(json.loads(line[len("RESULT "):]))

@@ -70,7 +70,8 @@ class PrepReport:
             return ["  nothing was skipped: the source holds no example"]
         counts = ", ".join(f"{n} {reason}" for reason, n in self.reasons().most_common())
         more = len(self.skipped) - first
-        return [f"  skipped {len(self.skipped)}: {counts}", *(f"    {s['path']}: {s['reason']}" for s in self.skipped[:first]),
+        return [f"  skipped {len(self.skipped)}: {counts}",
+                *(f"    {s['path']}: {s['reason']}" for s in self.skipped[:first]),
                 *([f"    ... and {more} more"] if more > 0 else [])]
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,7 +265,8 @@ def conversation(prompt: str, answer: str, images: int = 1) -> list[dict[str, An
 def conversation_features(extra: dict[str, Any], images: str = "one"):
     """The columns of a prepared split: `images` is "one" (an `image` column), "several" (an `images` list:
     medtune/rows.py) or "none" (text only)."""
-    from datasets import Features, Image as ImageFeature, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
 
     image_columns = {"one": {"image": ImageFeature()}, "several": {"images": List(ImageFeature())}, "none": {}}[images]
     return Features({

@@ -4,8 +4,10 @@ or `free_text` task:
     --src org/name           a dataset on the Hub (--config, --revision); with HF_HUB_OFFLINE=1 read from the local
                              Hugging Face cache (the snapshot `hf download` or `snapshot_download` left there)
     --src FOLDER             a folder `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote, or a dataset
-                             repository's files (Parquet, JSON lines or CSV, laid out as on the Hub: data/train-*.parquet)
-    --src FILE               one Parquet, JSON lines or CSV file (a Parquet file written by `datasets` embeds its images)
+                             repository's files (Parquet, JSON lines or CSV, laid out as on the Hub:
+                             data/train-*.parquet)
+    --src FILE               one Parquet, JSON lines or CSV file (a Parquet file written by `datasets` embeds
+                             its images)
 
 Images as `datasets.Image` (embedded bytes, or paths inside the source's folder), a list of images (several an
 example), or a column of paths; the other columns by the flags of `data_prep table` (data_prep/_tabular.py:
@@ -79,8 +81,8 @@ def _load_from_hub(repo_id: str, args: argparse.Namespace) -> tuple[dict, Path |
             try:
                 return dict(load_dataset(repo_id, name=args.config, revision=args.revision)), None
             except Exception:  # noqa: BLE001 - not in datasets' cache either
-                raise PrepError(f"--src {repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1: "
-                                f"download it once (`hf download {repo_id} --repo-type dataset`) or go online") from None
+                raise PrepError(f"--src {repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1: download "
+                                f"it once (`hf download {repo_id} --repo-type dataset`) or go online") from None
         return dict(load_dataset(str(snapshot), name=args.config)), snapshot
     return dict(load_dataset(repo_id, name=args.config, revision=args.revision)), None
 
@@ -163,7 +165,8 @@ def synthesize(out: Path, seed: int = 0) -> None:
     from datasets import Dataset, DatasetDict, concatenate_datasets
 
     features = standin_features()
-    splits = DatasetDict({name: Dataset.from_list(rows, features=features) for name, rows in standin_rows(seed).items()})
+    splits = DatasetDict({name: Dataset.from_list(rows, features=features)
+                          for name, rows in standin_rows(seed).items()})
     (out / "repo" / "data").mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         split.to_parquet(str(out / "repo" / "data" / f"{name}-00000-of-00001.parquet"))

@@ -129,7 +129,8 @@ def read_prior(study: Study, size: int) -> bytes | None:
 def read_study(study: Study, images_per_study: int, size: int) -> tuple[list[dict], list[tuple[str, str, str]], bool]:
     """(rows, skips as (prefix, identifying name, reason), report was UTF-8). Runs in a worker process."""
     if study.report is None:
-        return [], [("study ", study.name, "no report file (sSTUDY.txt under files/ or mimic-cxr-reports/files/)")], True
+        missing = "no report file (sSTUDY.txt under files/ or mimic-cxr-reports/files/)"
+        return [], [("study ", study.name, missing)], True
     try:
         text, utf8 = decode_report(study.report.read_bytes())
     except OSError as e:

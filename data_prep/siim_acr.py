@@ -165,10 +165,10 @@ def _chest(rng: np.random.Generator, positive: bool, size: int = 256) -> np.ndar
 
 def _write_dicom(path: Path, pixels01: np.ndarray, patient: str, study: str, series: str, sop: str,
                  style: str) -> None:
+    from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
-    from pydicom import Dataset
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -218,8 +218,8 @@ def synthesize(out: Path, seed: int = 0, patients: int = 40, image_size: int = 2
             positive = bool(rng.random() < 0.45)
             study, series, sop = (generate_uid(entropy_srcs=[f"{seed}-{p}-{i}-{k}"]) for k in ("st", "se", "sop"))
             style = "monochrome1" if (p, i) == (1, 0) else "12bit" if (p, i) == (2, 0) else styles[(p + i) % 3]
-            _write_dicom(out / IMAGE_DIR / study / series / f"{sop}.dcm", _chest(rng, positive, image_size), patient, study,
-                         series, sop, style)
+            _write_dicom(out / IMAGE_DIR / study / series / f"{sop}.dcm", _chest(rng, positive, image_size), patient,
+                         study, series, sop, style)
             if positive:  # several mask rows for one image, with the original file's leading spaces
                 rows += [(sop, " 175349 7 1013 12 1009 17"), (sop, " 207349 4 1019 6")][: 1 + i % 2]
             else:

@@ -1,2 +1,23 @@
-"""medtune: fine-tune MedGemma 4B IT on medical image tasks with LoRA/QLoRA recipes."""
+"""medtune: fine-tune MedGemma 4B IT on medical image tasks with LoRA/QLoRA recipes.
+
+The modules by stage, as the data flows (raw download -> data_prep -> train -> evaluate -> export):
+
+    recipe        config (the schema and `load_recipe`), recipe_checks (across sections and against the data),
+                  sft_fields (SFTConfig's keys, read without importing TRL)
+    tasks/        one plug-in per task: prompt, answer parsing, metrics (the `Task` protocol)
+    data          data (the prepared splits), rows (a row's images), prompts (chat template or plain form),
+                  pixels (images as uint8 at the model's size, normalised on its device), collator
+    model         model (load, quantize, LoRA, the frozen tower out of autograd), tiny (offline twins)
+    train         train (`run`, `main`), trainer (arguments, TRL's SFTTrainer with the task's metrics),
+                  checkpoints, callbacks
+    evaluate      evaluation (generation or option scoring, every rank), comparison (the out-of-box against
+                  fine-tuned table), thinking (MedGemma 1.5's traces)
+    record        run_folder (a run's files, named once), run_info, tracking (wandb, tensorboard)
+    export        model_card, export (merge, Hub upload)
+    families      medsiglip (what sets MedSigLIP apart), encoder and embeddings (its zero-shot, probe and LoRA
+                  runs)
+    commands      cli (`medtune ...`), sweep, compare, inspect_batch; errors (one-line messages)
+
+data_prep/ (outside this package) turns each dataset's raw layout into the DatasetDict `train` reads.
+"""
 __version__ = "0.1.0"

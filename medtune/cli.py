@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medtune import medsiglip  # light: what sets MedSigLIP recipes apart
 from medtune.errors import MedtuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,22 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _medgemma_only(recipe, command: str) -> None:
-    if recipe.encoder.method:
-        raise MedtuneError(f"encoder.method: `medtune {command}` is for MedGemma recipes; a MedSigLIP recipe "
-                           "evaluates as it runs (medtune train RECIPE)")
-
-
 def _evaluate(args) -> None:
+    from medtune import run_folder
+    from medtune.comparison import unavailable_notes
     from medtune.config import load_recipe
     from medtune.data import load_split
-    from medtune.evaluation import evaluate, unavailable_notes
+    from medtune.evaluation import evaluate
     from medtune.model import load_model, load_processor, resolve_precision
     from medtune.rows import check_model_takes
     from medtune.tasks import task_for
 
     recipe = load_recipe(args.recipe, args.overrides)
-    _medgemma_only(recipe, "eval")
+    medsiglip.refuse_in(recipe, "eval")
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
         raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
     processor, dataset = load_processor(recipe), load_split(recipe, recipe.eval.split)
@@ -95,11 +92,11 @@ def _evaluate(args) -> None:
     name = args.name or ("adapter" if args.adapter else "base")
     task = task_for(recipe.task)
     result = evaluate(model, processor, dataset, task, recipe.eval,
-                      name=name, out_dir=recipe.output_dir / "eval", model_label=label)
+                      name=name, out_dir=run_folder.eval_dir(recipe.output_dir), model_label=label)
     if result:
         shown = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
         print(f"{name}: {shown}", *unavailable_notes(task, result), sep="\n")
-        print(f"written to {recipe.output_dir / 'eval' / (name + '.json')}")
+        print(f"written to {run_folder.result_path(recipe.output_dir, name)}")
 
 
 def _demo(args) -> None:
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             from medtune.inspect_batch import inspect_example
 
             recipe = load_recipe(args.recipe, args.overrides)
-            _medgemma_only(recipe, "inspect")
+            medsiglip.refuse_in(recipe, "inspect")
             print(inspect_example(recipe, args.index))
         elif args.command == "compare":
             from medtune.compare import compare

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medtune.config import load_yaml
+from medtune import medsiglip, run_folder
 from medtune.errors import MedtuneError
 
-WEIGHT_FILES = ("adapter_model.safetensors", "probe.safetensors")  # what a run trained, by kind
+WEIGHT_FILES = ("adapter_model.safetensors", medsiglip.PROBE_FILE)  # what a run trained, by kind
 
 
 def trainable_parameters(run: Path) -> int | None:
@@ -34,38 +34,29 @@ def trainable_parameters(run: Path) -> int | None:
     return None
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def _labels(recipe: dict[str, Any]) -> dict[str, str]:
     """What a run's baseline and fine-tuned rows are, from its recipe."""
-    from medtune.model_card import ENCODER_METHODS
-
-    method = (recipe.get("encoder") or {}).get("method")
-    if method:
-        return {"baseline": "zero-shot", "finetuned": ENCODER_METHODS[method][0]}
+    family = medsiglip.compare_labels(recipe)  # another family's run names its rows itself
+    if family:
+        return family
     quantized = (recipe.get("quantization") or {}).get("load_in_4bit")
     return {"baseline": "out-of-box", "finetuned": "QLoRA" if quantized else "LoRA"}
 
 
 def _evaluated_ids(run: Path, name: str) -> frozenset[str]:
-    path = run / "eval" / f"{name}_predictions.jsonl"
+    path = run_folder.predictions_path(run, name)
     return frozenset(json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line)
 
 
 def run_rows(run: Path) -> list[dict[str, Any]]:
     """One row per evaluation the run holds (baseline, fine-tuned)."""
-    if not (run / "recipe.yaml").is_file() or not (run / "eval").is_dir():
-        raise MedtuneError(f"{run}: not a finished run (no recipe.yaml and eval/)")
-    recipe = load_yaml((run / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    info, labels = _read(run / "run_info.json"), _labels(recipe)
+    if not (run / run_folder.RECIPE).is_file() or not run_folder.eval_dir(run).is_dir():
+        raise MedtuneError(f"{run}: not a finished run (no {run_folder.RECIPE} and {run_folder.EVAL_DIR}/)")
+    recipe = run_folder.read_recipe(run)
+    info, labels = run_folder.read_run_info(run), _labels(recipe)
     rows = []
-    for name in ("baseline", "finetuned"):
-        result = _read(run / "eval" / f"{name}.json")
+    for name in run_folder.EVALUATIONS:
+        result = run_folder.read_result(run, name)
         if not result:
             continue
         trained = name == "finetuned"
@@ -82,7 +73,7 @@ def run_rows(run: Path) -> list[dict[str, Any]]:
 
 def _metric_names(run: Path) -> list[str]:
     """The task's table metrics, in the run's comparison.md order."""
-    table = (run / "eval" / "comparison.md").read_text(encoding="utf-8").splitlines()
+    table = run_folder.comparison_path(run).read_text(encoding="utf-8").splitlines()
     return [line.split("|")[2].strip() for line in table[2:] if line.startswith("|")]
 
 

@@ -7,7 +7,6 @@ Nothing here imports torch, transformers or TRL, so a typo is refused in well un
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import re
 import types
@@ -18,18 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
-from medtune.errors import MedtuneError
+from medtune import medsiglip
+from medtune import recipe_checks as checks
+from medtune.errors import RecipeError
+from medtune.recipe_checks import suggest
 from medtune.sft_fields import sft_config_fields
-from medtune.tasks import data_prep_readers, is_configurable, task_for, task_names
-from medtune.tiny import TINY_ENCODER, TINY_NAME, TINY_TWINS
 
-
-class RecipeError(MedtuneError):
-    """A recipe problem: `key` is the dotted key at fault, the message says what to do."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
+__all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "parse_override"]
 
 
 def _range(low=None, high=None, low_open=False):
@@ -159,12 +153,6 @@ SECTIONS: dict[str, type] = {
     "quantization": QuantizationSection, "eval": EvalSection, "encoder": EncoderSection, "export": ExportSection,
     "tracking": TrackingSection,
 }
-# What only a MedGemma recipe sets: refused in a MedSigLIP one (encoder.method), which has no language model
-MEDGEMMA_ONLY_KEYS = {
-    "model": ("attn_implementation", "vision_attn_implementation", "compile_decoder_layers", "prompt_format"),
-    "lora": ("target_modules", "adapt_vision_tower", "train_projector"), "quantization": None,  # None: any key
-    "eval": ("mode", "max_new_tokens", "validation_generations"), "export": ("merge",),
-}
 # training keys that another section owns, and why
 _OWNED_ELSEWHERE = {
     "bf16": "precision is set by model.precision (bf16 on capable GPUs, fp32 on CPU)",
@@ -204,26 +192,10 @@ class Recipe:
         return Path(self.training["output_dir"])
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as saved and shown (recipe.yaml, model card), with anything secret-looking masked."""
+        """The recipe as plain data; what is saved or shown goes through `run_info.mask_secrets` first."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         out["training"] = dict(self.training)
-        return mask_secrets(out)
-
-
-_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens
-# keys that name a secret; not pad_token/eos_token, which are SFTConfig's special-token strings
-_SECRET_KEYS = re.compile(r"^(hub_)?token$|(^|_)(api_key|secret|password)$", re.IGNORECASE)
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy with token-like strings, and every value under a secret-sounding key, replaced by ***."""
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str):
-        return "***" if value and _SECRET_KEYS.search(key) else _TOKEN_LIKE.sub("***", value)
-    return value
+        return out
 
 
 # ----------------------------------------------------------------------------- loading
@@ -263,7 +235,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), check_data: bool = True) -> Recipe:
-    """`check_data=False` for what needs no data (exporting a finished run, perhaps on another machine)."""
+    """The recipe file with its overrides, checked through (this module's schema, then medtune/recipe_checks.py).
+    `check_data=False` for what needs no data (exporting a finished run, perhaps on another machine)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError("", f"recipe file {str(path)!r} not found (recipes live in recipes/<task>/)")
@@ -280,17 +253,18 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_data: bool = 
         if not isinstance(raw.get(section, {}), dict):
             raise RecipeError(section, "must be a mapping")
         raw.setdefault(section, {})[key] = value
-    recipe = validate(raw, check_data)
+    recipe = build_recipe(raw)  # every key known, of its type and in its range
     recipe.source = str(path)
+    checks.check_task(recipe)
+    medsiglip.resolve_twin(recipe)  # `tiny` on a MedSigLIP recipe is MedSigLIP's twin
+    if check_data:
+        checks.check_data(recipe)
+        recipe.task = checks.task_as_prepared(recipe)  # a generic task's question and classes, from its data
+    checks.check_settings(recipe, raw)
     return recipe
 
 
-# ----------------------------------------------------------------------------- validation
-def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
+# ----------------------------------------------------------------------------- keys, their types and ranges
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -326,7 +300,7 @@ def _annotation_kinds(annotation) -> tuple[frozenset[str] | None, tuple | None]:
 def _check_value(key: str, value: Any, kinds, choices, metadata) -> None:
     if choices is not None and value not in choices:
         raise RecipeError(key, f"{value!r} is not one of {', '.join(map(str, choices))}"
-                               f"{_suggest(str(value), map(str, choices))}")
+                               f"{suggest(str(value), map(str, choices))}")
     if kinds is not None and not _admits(kinds, value):
         expected = " or ".join(sorted(k.replace("None", "null") for k in kinds))
         raise RecipeError(key, f"expected {expected}, got {_type_name(value)} {value!r}")
@@ -346,7 +320,7 @@ def _build_section(name: str, cls: type, raw: Any):
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in raw.items():
         if key not in known:
-            raise RecipeError(f"{name}.{key}", f"unknown key{_suggest(key, known)}; "
+            raise RecipeError(f"{name}.{key}", f"unknown key{suggest(key, known)}; "
                                                f"{name} takes: {', '.join(known)}")
         kinds, choices = _annotation_kinds(hints[key])
         _check_value(f"{name}.{key}", value, kinds, choices, known[key].metadata)
@@ -376,7 +350,7 @@ def _build_training(raw: Any) -> dict[str, Any]:
             _check_value(f"training.{key}", value, frozenset({"int", "None"}), None, MEDTUNE_TRAINING_KEYS[key])
             continue
         if key not in fields:
-            raise RecipeError(f"training.{key}", f"not an SFTConfig field{_suggest(key, fields)}")
+            raise RecipeError(f"training.{key}", f"not an SFTConfig field{suggest(key, fields)}")
         _check_value(f"training.{key}", value, fields[key].kinds, None, _TRAINING_RANGES.get(key, {}))
     training = {**_TRAINING_DEFAULTS, **raw}
     if not training["output_dir"]:
@@ -392,156 +366,11 @@ def _build_training(raw: Any) -> dict[str, Any]:
     return training
 
 
-def validate(raw: dict[str, Any], check_data: bool = True) -> Recipe:
+def build_recipe(raw: dict[str, Any]) -> Recipe:
+    """The recipe's sections, every key known and of its type and range (this module's schema)."""
     for name in raw:
         if name not in SECTIONS and name != "training":
-            raise RecipeError(name, f"unknown section{_suggest(name, [*SECTIONS, 'training'])}; "
+            raise RecipeError(name, f"unknown section{suggest(name, [*SECTIONS, 'training'])}; "
                                     f"sections: {', '.join([*SECTIONS, 'training'])}")
     sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
-    recipe = Recipe(**sections, training=_build_training(raw.get("training", {})))
-
-    if recipe.task.name not in task_names():
-        raise RecipeError("task.name", f"unknown task {recipe.task.name!r}{_suggest(recipe.task.name, task_names())}; "
-                                       f"built in: {', '.join(task_names())}")
-    _check_task_settings(recipe.task)
-    if recipe.encoder.method is not None and recipe.model.name_or_path == TINY_NAME:
-        recipe.model.name_or_path = TINY_ENCODER  # `tiny` runs every recipe offline: a MedSigLIP one on its twin
-    if check_data:
-        _check_data(recipe)
-    _check_model_family(recipe, raw)
-    task = _resolved_task(recipe.task)
-    if recipe.eval.mode == "score" and not hasattr(task, "options"):
-        raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
-    if recipe.export.push and not recipe.export.repo_id:
-        raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
-    if recipe.model.name_or_path not in TINY_TWINS and "/" not in recipe.model.name_or_path \
-            and not Path(recipe.model.name_or_path).exists():
-        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id (org/name), a "
-                                                f"local folder, nor a tiny twin ({', '.join(TINY_TWINS)})")
-    return recipe
-
-
-def is_encoder_name(name: str) -> bool:
-    """A MedSigLIP model by its name (google/medsiglip-448, a local copy, the tiny twin)."""
-    return name == TINY_ENCODER or "siglip" in Path(name).name.lower()
-
-
-def _changed_keys(section: str, raw: dict[str, Any]) -> list[str]:
-    """The keys of a section that the recipe sets to something else than the default (a saved recipe.yaml
-    spells out every default)."""
-    default = SECTIONS[section]()
-    return [k for k, v in (raw.get(section) or {}).items() if v != getattr(default, k, v)]
-
-
-def _check_model_family(recipe: Recipe, raw: dict[str, Any]) -> None:
-    """A MedSigLIP recipe (encoder.method) names an encoder and no MedGemma key; a MedGemma recipe the reverse."""
-    name, method = recipe.model.name_or_path, recipe.encoder.method
-    if method is None:
-        if is_encoder_name(name):
-            raise RecipeError("encoder.method", f"{name} is an image encoder: set encoder.method to zeroshot, probe "
-                                                "or lora (recipes/<task>/medsiglip-*.yaml)")
-        extra = [k for k in _changed_keys("encoder", raw) if k != "method"]
-        if extra:
-            raise RecipeError(f"encoder.{extra[0]}", "only for a MedSigLIP recipe (encoder.method): remove it")
-        return
-    if not is_encoder_name(name):
-        raise RecipeError("model.name_or_path", f"encoder.method needs MedSigLIP (google/medsiglip-448, or "
-                                                f"{TINY_ENCODER} offline), not {name}")
-    if not hasattr(_resolved_task(recipe.task), "options"):
-        raise RecipeError("task.name", f"MedSigLIP classifies images: {recipe.task.name} is not a classification "
-                                       "task")
-    for section, keys in MEDGEMMA_ONLY_KEYS.items():
-        given = [k for k in _changed_keys(section, raw) if keys is None or k in keys]
-        if given:
-            raise RecipeError(f"{section}.{given[0]}", "a MedGemma setting: a MedSigLIP recipe (encoder.method) "
-                                                       "has no language model; remove it")
-    if not recipe.encoder.templates or not all(isinstance(t, str) and "{}" in t for t in recipe.encoder.templates):
-        raise RecipeError("encoder.templates", "a list of texts, each with {} where the class's option text goes")
-    if not recipe.encoder.probe_c or not all(isinstance(c, (int, float)) and c > 0 for c in recipe.encoder.probe_c):
-        raise RecipeError("encoder.probe_c", "a list of positive numbers, e.g. [0.01, 0.1, 1, 10]")
-
-
-def _check_task_settings(section: TaskSection) -> None:
-    configurable = is_configurable(section.name)
-    for key in ("question", "options"):
-        if getattr(section, key) is not None and not configurable:
-            generic = " and ".join(n for n in task_names() if is_configurable(n))
-            raise RecipeError(f"task.{key}", f"{section.name} asks its own question of fixed classes: remove "
-                                             f"task.{key} (the generic tasks, {generic}, take it)")
-    if section.options is not None and not all(isinstance(k, str) and isinstance(v, str) and v.strip()
-                                               for k, v in section.options.items()):
-        raise RecipeError("task.options", "must map each class name to its option text, e.g. {TUM: tumour}")
-    if section.options:
-        _resolved_task(section)  # a task that takes no options refuses them here
-
-
-def _resolved_task(section: TaskSection):
-    try:
-        return task_for(section)
-    except ValueError as e:  # a generic task shaped by settings it cannot take, or without them
-        raise RecipeError("task.options", str(e)) from None
-
-
-def _check_data(recipe: Recipe) -> None:
-    """The prepared dataset is there, was prepared for the recipe's task, and agrees with its split options."""
-    data_path = Path(recipe.data.path) if recipe.data.path else None
-    if data_path is None or not (data_path / "dataset_dict.json").is_file():
-        if data_path is None:
-            what = "is not set"
-        else:
-            what = f"{str(data_path)!r} " + ("is not a prepared dataset" if data_path.exists() else "does not exist")
-        raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep "
-                                       f"{'|'.join(data_prep_readers(recipe.task.name))} --src RAW --out DIR` and pass "
-                                       "data.path=DIR")
-    report = _prep_report(data_path)
-    _check_prepared_task(recipe.task, report.get("task"), data_path)
-    prepared = report.get("options") or {}
-    if recipe.data.test_fraction is not None and prepared and "test_fraction" not in prepared:
-        raise RecipeError("data.test_fraction", f"{data_path} has the publisher's own test split, not one data_prep "
-                                                "draws: remove data.test_fraction")
-    if recipe.data.test_fraction is not None and prepared.get("test_fraction", recipe.data.test_fraction) != \
-            recipe.data.test_fraction:
-        raise RecipeError("data.test_fraction", f"{recipe.data.test_fraction} but {data_path} was prepared with "
-                                                f"{prepared['test_fraction']}: prepare it again with --recipe, or "
-                                                f"set data.test_fraction={prepared['test_fraction']}")
-
-
-def _check_prepared_task(section: TaskSection, prepared: dict[str, Any] | None, data_path: Path) -> None:
-    """The dataset was prepared for this task (datasets prepared before data_prep recorded it pass); a generic
-    task takes the question and options its prompts were written with, and the recipe's must agree with them."""
-    if not prepared:
-        return
-    if prepared.get("name") != section.name:
-        raise RecipeError("task.name", f"{section.name} but {data_path} was prepared for {prepared.get('name')}: "
-                                       f"set task.name={prepared.get('name')}, or point data.path at "
-                                       f"data prepared for {section.name}")
-    if not is_configurable(section.name):
-        return
-    if section.question is not None and section.question != prepared.get("question"):
-        raise RecipeError("task.question", f"{section.question!r} but {data_path}'s prompts ask "
-                                           f"{prepared.get('question')!r}: prepare it again with --recipe "
-                                           "(the prompts are written then), or remove task.question")
-    classes = prepared.get("options") or {}
-    unknown = [c for c in section.options or {} if c not in classes]
-    if unknown:
-        raise RecipeError("task.options", f"no class {unknown[0]!r} in {data_path} (its classes: "
-                                          f"{', '.join(classes)})")
-    changed = [c for c, text in (section.options or {}).items() if classes[c] != text]
-    if changed:
-        raise RecipeError("task.options", f"{changed[0]}: {section.options[changed[0]]!r} but {data_path}'s prompts "
-                                          f"read {classes[changed[0]]!r}: prepare it again with --recipe (the "
-                                          "prompts are written then), or remove the option")
-    section.question, section.options = prepared.get("question"), (dict(classes) or None)
-
-
-def _prep_report(data_path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads((data_path / "prep_report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def save_recipe(recipe: Recipe, path: Path) -> None:
-    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+    return Recipe(**sections, training=_build_training(raw.get("training", {})))

@@ -20,19 +20,18 @@ The zero-shot result is the out-of-box column of the probe and LoRA runs (`eval.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from medtune import run_folder
 from medtune.config import Recipe
+from medtune.embeddings import Images, cached_embeddings, pixel_batches
 from medtune.errors import MedtuneError
-
-CACHE_FOLDER = ".medtune-embeddings"  # beside the prepared dataset's splits
+from medtune.medsiglip import PROBE_FILE, VISION_LORA_TARGETS
 
 
 def load_encoder(recipe: Recipe):
@@ -52,95 +51,6 @@ def load_encoder(recipe: Recipe):
         raise MedtuneError(f"model.name_or_path: {recipe.model.name_or_path} has no image and text towers "
                            "(SiglipModel): MedSigLIP is google/medsiglip-448")
     return model.to(PartialState().device).eval(), processor
-
-
-class _Images:
-    """A DataLoader's collate_fn: rows -> the image processor's pixel values (runs in loader workers)."""
-
-    def __init__(self, image_processor):
-        self.image_processor = image_processor
-
-    def __call__(self, rows: list[dict[str, Any]]):
-        return self.image_processor(images=[row["image"].convert("RGB") for row in rows],
-                                    return_tensors="pt")["pixel_values"]
-
-
-def _pixel_batches(dataset, processor, batch_size: int, num_workers: int | None, device, dtype, desc: str):
-    """The rows' pixel values, a batch at a time on `device`, prepared by loader workers (as evaluation's)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from medtune.evaluation import default_num_workers
-
-    if "image" not in dataset.column_names:
-        raise MedtuneError("MedSigLIP takes one image an example: this dataset has none, or several (images)")
-    on_cuda = torch.device(device).type == "cuda"
-    loader = DataLoader(dataset.select_columns(["image"]), batch_size=batch_size,
-                        collate_fn=_Images(processor.image_processor), pin_memory=on_cuda,
-                        num_workers=default_num_workers() if num_workers is None else num_workers)
-    for pixels in tqdm(loader, desc=desc, unit="batch"):
-        yield pixels.to(device, dtype, non_blocking=on_cuda)
-
-
-def image_embeddings(model, processor, dataset, batch_size: int, num_workers: int | None, desc: str) -> np.ndarray:
-    """L2-normalised image embeddings (N x D, float32) of every row, in order, batch by batch."""
-    import torch
-
-    parts = []
-    with torch.no_grad():
-        for pixels in _pixel_batches(dataset, processor, batch_size, num_workers, model.device, model.dtype, desc):
-            features = model.get_image_features(pixel_values=pixels)
-            features = getattr(features, "pooler_output", features)  # transformers 5 returns the model output
-            parts.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
-
-
-def _checkpoint_identity(recipe: Recipe, model) -> str:
-    """The weights' identity: the Hub commit they came from, else (a local folder, the tiny twin) their files'
-    sizes and times, so that changed weights never meet another model's cached embeddings."""
-    from medtune.model import model_path
-
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        return commit
-    folder = Path(model_path(recipe))
-    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights) or str(folder)
-
-
-def cache_dir(recipe: Recipe, model, processor) -> Path:
-    """Where a split's embeddings are kept: beside the dataset, one folder per model (its name and weights' identity)
-    and image size."""
-    size = processor.image_processor.size
-    key = json.dumps([recipe.model.name_or_path, _checkpoint_identity(recipe, model), size.height, size.width])
-    name = f"{Path(recipe.model.name_or_path).name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    return Path(recipe.data.path) / CACHE_FOLDER / name
-
-
-def cached_embeddings(recipe: Recipe, model, processor, dataset, split: str) -> tuple[np.ndarray, bool]:
-    """(embeddings of `dataset`'s rows, whether they came from the cache). A split's rows are computed once, all
-    of them (the recipe's caps select from the cache), and written atomically."""
-    import os
-
-    folder = cache_dir(recipe, model, processor)
-    path = folder / f"{split}.npz"
-    ids = list(dataset["id"])
-    if path.is_file():
-        stored = np.load(path, allow_pickle=False)
-        where = {row_id: i for i, row_id in enumerate(stored["ids"].tolist())}
-        if all(row_id in where for row_id in ids):
-            return stored["embeddings"][[where[row_id] for row_id in ids]], True
-    from datasets import load_from_disk
-
-    whole = load_from_disk(recipe.data.path)[split]  # every row, so that another cap reuses them
-    embeddings = image_embeddings(model, processor, whole, recipe.encoder.batch_size, recipe.encoder.num_workers,
-                                  f"embedding {split}")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{split}.{os.getpid()}.npz"
-    np.savez(tmp, ids=np.array(list(whole["id"])), embeddings=embeddings)
-    os.replace(tmp, path)
-    where = {row_id: i for i, row_id in enumerate(whole["id"])}
-    return embeddings[[where[row_id] for row_id in ids]], False
 
 
 def zero_shot_probabilities(model, processor, image_features: np.ndarray, task, templates: list[str]) -> np.ndarray:
@@ -181,7 +91,7 @@ def _evaluate(task, dataset, probabilities, *, name: str, recipe: Recipe, label:
 
     records, references, predictions, scores = _records(task, dataset, probabilities)
     return write_evaluation(task, records, references, predictions, scores, name=name,
-                            out_dir=recipe.output_dir / "eval", model_label=label, split=recipe.eval.split,
+                            out_dir=run_folder.eval_dir(recipe.output_dir), model_label=label, split=recipe.eval.split,
                             how=how, seconds=time.time() - started, inference_seconds=inference_seconds)
 
 
@@ -211,7 +121,7 @@ def save_probe(probe, task, recipe: Recipe, out_dir: Path, tried: dict) -> Path:
                 "C": str(probe.C), "validation": json.dumps(tried),
                 "use": "probabilities = softmax(normalize(image_embedding) @ coef.T + intercept); for two classes "
                        "sigmoid of the single column gives the second class"}
-    path = out_dir / "probe.safetensors"
+    path = out_dir / PROBE_FILE
     # C order: scikit-learn's coef_ may be Fortran-ordered, and safetensors writes the buffer as it lies
     save_file({"coef": np.ascontiguousarray(probe.coef_, dtype=np.float32),
                "intercept": np.ascontiguousarray(probe.intercept_, dtype=np.float32)}, str(path), metadata=metadata)
@@ -225,7 +135,7 @@ def _class_probabilities(probe, features: np.ndarray, classes: int) -> np.ndarra
     return probabilities
 
 
-class _LabelledImages(_Images):
+class _LabelledImages(Images):
     """The training collator: pixel values and the class labels."""
 
     def __call__(self, rows: list[dict[str, Any]]):
@@ -256,8 +166,8 @@ def train_lora(recipe: Recipe, task, processor):
 
     from medtune.checkpoints import resume_checkpoint
     from medtune.data import load_split
-    from medtune.model import VISION_LORA_TARGETS, hub_errors, model_path, resolve_precision
-    from medtune.train import sft_config
+    from medtune.model import hub_errors, model_path, resolve_precision
+    from medtune.trainer import sft_config
 
     precision = resolve_precision(recipe.model.precision)
     args = sft_config(recipe, precision, on_cpu=not torch.cuda.is_available())
@@ -297,7 +207,7 @@ def lora_probabilities(model, processor, dataset, batch_size: int, num_workers: 
     model.eval()
     parts = []
     with torch.no_grad():
-        for pixels in _pixel_batches(dataset, processor, batch_size, num_workers, weights.device, weights.dtype,
+        for pixels in pixel_batches(dataset, processor, batch_size, num_workers, weights.device, weights.dtype,
                                      "eval finetuned"):
             parts.append(model(pixel_values=pixels).logits.float().softmax(-1).cpu())
     return torch.cat(parts).numpy()
@@ -343,13 +253,12 @@ def run(recipe: Recipe) -> str | None:
     """Zero-shot, probe or LoRA, on the main process; returns the comparison table there."""
     import torch
     from accelerate import PartialState
+    from transformers import set_seed
 
+    from medtune.comparison import report_results
     from medtune.data import load_split
     from medtune.run_info import describe_hardware, write_run_info
     from medtune.tasks import task_for
-    from medtune.train import report_results
-
-    from transformers import set_seed
 
     state = PartialState(cpu=not torch.cuda.is_available())
     set_seed(recipe.training.get("seed", 42))  # the head's initialisation, as every run's, from the recipe's seed

@@ -8,6 +8,14 @@ class MedtuneError(Exception):
     """A problem with the user's input or environment, with the fix in its message."""
 
 
+class RecipeError(MedtuneError):
+    """A recipe problem: `key` is the dotted key at fault, the message says what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
 class RankLocalError(MedtuneError):
     """A problem that one rank of several may meet alone (running out of memory): every rank that meets it
     says so, where a recipe error is said once."""

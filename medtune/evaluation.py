@@ -17,7 +17,9 @@ from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.pixels import model_ready, model_ready_inputs
 from medtune.prompts import prompt_text
 from medtune.rows import images_per_row, row_images, tokenizer_of, without_images
-from medtune.thinking import NO_TRACE, TRACE_METRICS, decode_generation, split_trace, trace_counts
+from medtune.run_folder import predictions_file, result_file
+from medtune.tasks import is_multiple_choice
+from medtune.thinking import NO_TRACE, decode_generation, split_trace, trace_counts
 
 if TYPE_CHECKING:
     from medtune.config import EvalSection
@@ -248,7 +250,7 @@ def write_evaluation(task, records: list[dict], references: list, predictions: l
     metrics = {**task.compute_metrics(references, predictions, scores), **trace_counts(records)}
     out_dir.mkdir(parents=True, exist_ok=True)
     per_example = metrics.pop("per_example")  # the task's scores of each example: saved with its prediction
-    with open(out_dir / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
+    with open(out_dir / predictions_file(name), "w", encoding="utf-8") as f:
         for record, example in zip(records, per_example):
             f.write(json.dumps({**record, **example}) + "\n")
     result = {
@@ -257,7 +259,7 @@ def write_evaluation(task, records: list[dict], references: list, predictions: l
         "decoding": how,
     }
     result["figures"] = [p.name for p in task.write_figures(metrics, per_example, out_dir, name)]
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out_dir / result_file(name)).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
@@ -268,7 +270,7 @@ def validation_metrics(model, processor, dataset, task, settings: EvalSection) -
     every rank (each scores its share, the main process computes, then tells the others)."""
     from accelerate.utils import broadcast_object_list
 
-    mode = "score" if hasattr(task, "options") else "generate"
+    mode = "score" if is_multiple_choice(task) else "generate"
     if mode == "generate":
         dataset = dataset.select(range(min(settings.validation_generations, len(dataset))))
     predicted = _predict(model, processor, dataset, task, settings, mode, f"validation ({mode})")
@@ -279,31 +281,3 @@ def validation_metrics(model, processor, dataset, task, settings: EvalSection) -
         summary = {k: v for k, v in metrics.items()
                    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or k.endswith("_unavailable")}
     return broadcast_object_list([summary])[0]
-
-
-COMPARISON_COLUMNS = ["task", "metric", "out-of-box", "fine-tuned"]
-
-
-def comparison_rows(task, baseline: dict | None, finetuned: dict | None) -> list[list[str]]:
-    """task | metric | out-of-box | fine-tuned, one row per metric of the task (the paper's first)."""
-    def cell(result, key):
-        value = result["metrics"].get(key) if result else None
-        return "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-    shown = [*task.table_metrics, *(key for key in TRACE_METRICS if any(r and key in r["metrics"]
-                                                                       for r in (baseline, finetuned)))]
-    return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in shown]
-
-
-def unavailable_notes(task, *results: dict | None) -> list[str]:
-    """Why a table metric is missing (`<metric>_unavailable` in the metrics), once per metric and reason."""
-    notes = {f"{key} unavailable: {r['metrics'][key + '_unavailable']}"
-             for r in results if r for key in task.table_metrics if r["metrics"].get(key + "_unavailable")}
-    return sorted(notes)
-
-
-def comparison_table(rows: list[list[str]], notes: list[str] = ()) -> str:
-    """The comparison rows as a markdown table, with the reasons for missing metrics under it."""
-    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else [])) + "\n"

@@ -13,15 +13,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from medtune import medsiglip
 from medtune.config import Recipe, load_recipe
 from medtune.errors import MedtuneError
 from medtune.model_card import hub_base_model, write_model_card
+from medtune.run_folder import COMPARISON, EVAL_DIR, EVALUATIONS, RECIPE
 
 HUB_FILES = [  # what an upload may contain
     "README.md", "adapter_config.json", "adapter_model.safetensors", "processor_config.json",
     "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "chat_template.jinja", "chat_template.json", "eval/baseline.json", "eval/finetuned.json", "eval/comparison.md",
-    "eval/*.png", "probe.safetensors",  # a MedSigLIP probe (medtune/encoder.py)
+    "chat_template.jinja", "chat_template.json",
+    *(f"{EVAL_DIR}/{name}.json" for name in EVALUATIONS), f"{EVAL_DIR}/{COMPARISON}", f"{EVAL_DIR}/*.png",
+    medsiglip.PROBE_FILE,  # a MedSigLIP probe (medtune/encoder.py)
 ]
 
 
@@ -55,7 +58,7 @@ def push_to_hub(out_dir: Path, repo_id: str, private: bool = True, base: str | N
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    if not any((out_dir / name).is_file() for name in ("adapter_config.json", "probe.safetensors")):
+    if not any((out_dir / name).is_file() for name in ("adapter_config.json", medsiglip.PROBE_FILE)):
         raise MedtuneError(f"{out_dir} holds no adapter (adapter_config.json) or probe (probe.safetensors): train "
                            "first")
     api = HfApi()  # token: HF_TOKEN or the login cache, read by huggingface_hub itself
@@ -84,9 +87,9 @@ def export(out_dir: Path, merge: bool = False, push: bool = False, repo_id: str 
            private: bool = True) -> None:
     """`medtune export OUTPUT_DIR`: rewrite the card from the run's recipe and results (with the repo id in its
     usage snippet when one is given), merge, push."""
-    recipe_file = out_dir / "recipe.yaml"
+    recipe_file = out_dir / RECIPE
     if not recipe_file.is_file():
-        raise MedtuneError(f"{out_dir} is not a medtune run (no recipe.yaml): pass the training output_dir")
+        raise MedtuneError(f"{out_dir} is not a medtune run (no {RECIPE}): pass the training output_dir")
     if push and not repo_id:
         raise MedtuneError("--push needs --repo-id ORG/NAME")
     recipe = load_recipe(recipe_file, check_data=False)  # a finished run needs no data: export it anywhere

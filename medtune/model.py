@@ -7,6 +7,7 @@ import functools
 
 from medtune.config import Recipe
 from medtune.errors import MedtuneError
+from medtune.medsiglip import VISION_LORA_TARGETS
 from medtune.rows import tokenizer_of
 from medtune.tiny import TINY_TWINS, tiny_checkpoint_dir
 
@@ -17,7 +18,6 @@ DECODER_LAYERS = {"multimodal": "model.language_model.layers", "text": "model.la
 # Kept in full precision under QLoRA: quantizing the vision tower and projector hurts image features, and
 # lm_head is tied to the embeddings. Names match from the start of the module path (DESIGN.md).
 QLORA_SKIP_MODULES = [VISION_TOWER, "model.multi_modal_projector", "lm_head"]
-VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # SigLIP's linear layers
 
 
 def resolve_precision(preference: str) -> str:

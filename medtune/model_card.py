@@ -20,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from medtune import medsiglip, run_folder
 from medtune.config import Recipe
 from medtune.data import CAPS
-from medtune.tasks import task_for
-from medtune.model import VISION_LORA_TARGETS
+from medtune.run_folder import read_json
+from medtune.run_info import mask_secrets
+from medtune.tasks import is_multiple_choice, task_for
 from medtune.tiny import TINY_TWINS
 
 EVAL_MODES = {"generate": "greedy decoding", "score": "option scoring"}  # how the table's figures were made
@@ -121,13 +123,6 @@ def dataset_title(reader_name: str) -> str:
     return re.split(r" \(|:|,", first_line)[0].strip() or reader_name
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def card_recipe(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe as the card shows it: every path cut to its last component, the base model named by
     its Hub id or said to be local."""
@@ -140,7 +135,7 @@ def card_recipe(recipe: Recipe) -> dict[str, Any]:
             return Path(value).name
         return value
 
-    shown = {section: cut(values, (section, "")) for section, values in recipe.to_dict().items()}
+    shown = {section: cut(values, (section, "")) for section, values in mask_secrets(recipe.to_dict()).items()}
     name = recipe.model.name_or_path
     shown["model"]["name_or_path"] = hub_base_model(name) or f"{Path(name).name} (a local model)"
     return shown
@@ -162,7 +157,7 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any]) -> list:
 
 def data_line(recipe: Recipe, evaluated: int | None) -> str:
     task = task_for(recipe.task)
-    report = _read_json(Path(recipe.data.path) / "prep_report.json")
+    report = read_json(Path(recipe.data.path) / "prep_report.json")
     title = dataset_title(report.get("dataset", task.dataset))
     sizes = []
     for split, info in report.get("splits", {}).items():
@@ -183,12 +178,6 @@ def data_line(recipe: Recipe, evaluated: int | None) -> str:
 
 def _method_line(recipe: Recipe) -> str:
     lora = recipe.lora
-    if recipe.encoder.method == "probe":
-        return ("logistic regression (scikit-learn) on the L2-normalised image embeddings, its C chosen on the "
-                f"validation split from {recipe.encoder.probe_c} (eval/finetuned.json names it)")
-    if recipe.encoder.method == "lora":
-        return (f"LoRA: rank {lora.r}, alpha {lora.alpha}, dropout {lora.dropout} on the vision tower's "
-                f"{', '.join(VISION_LORA_TARGETS)}; a classification head trained whole")
     method = (f"QLoRA ({recipe.quantization.quant_type} 4-bit language model)" if recipe.quantization.load_in_4bit
               else "LoRA")
     vision = "LoRA on the vision tower too" if lora.adapt_vision_tower else "vision tower frozen"
@@ -197,9 +186,9 @@ def _method_line(recipe: Recipe) -> str:
             f"{', '.join(lora.target_modules)}; {vision}; {projector}; loss on the answer only")
 
 
-def training_lines(recipe: Recipe, run_info: dict[str, Any]) -> list[str]:
-    """The set-up: from the recipe, and the schedule and hardware the run recorded in run_info.json."""
-    lines = [_method_line(recipe)]
+def training_lines(method_line: str, run_info: dict[str, Any]) -> list[str]:
+    """The set-up: the method, and the schedule and hardware the run recorded in run_info.json."""
+    lines = [method_line]
     plan = run_info.get("schedule")
     if plan:
         batch, accumulation, processes = (plan["per_device_train_batch_size"], plan["gradient_accumulation_steps"],
@@ -247,31 +236,6 @@ def usage_snippet(base: str | None, repo_id: str | None, merged: bool, text_only
             f"processor = {processor_class}.from_pretrained(\"{where}\")")
 
 
-def encoder_snippet(method: str, base: str | None, repo_id: str | None, classes: int) -> str:
-    """How to apply a MedSigLIP probe or LoRA classifier."""
-    base_ref = base or "path/to/the/local/base/model"
-    where = repo_id or "path/to/this/folder"
-    if method == "lora":
-        return (f"from peft import PeftModel\nfrom transformers import AutoProcessor, SiglipForImageClassification\n\n"
-                f"base = SiglipForImageClassification.from_pretrained(\"{base_ref}\", num_labels={classes})\n"
-                f"model = PeftModel.from_pretrained(base, \"{where}\")\n"
-                f"processor = AutoProcessor.from_pretrained(\"{where}\")\n"
-                f"probabilities = model(**processor(images=image, return_tensors=\"pt\")).logits.softmax(-1)")
-    return (f"import torch\nfrom huggingface_hub import hf_hub_download\nfrom safetensors.torch import load_file\n"
-            f"from transformers import AutoModel, AutoProcessor\n\n"
-            f"model = AutoModel.from_pretrained(\"{base_ref}\")\n"
-            f"processor = AutoProcessor.from_pretrained(\"{base_ref}\")\n"
-            + (f"probe = load_file(hf_hub_download(\"{repo_id}\", \"probe.safetensors\"))\n" if repo_id else
-               f"probe = load_file(\"{where}/probe.safetensors\")\n")
-            + "features = model.get_image_features(**processor(images=image, return_tensors=\"pt\")).pooler_output\n"
-              "logits = torch.nn.functional.normalize(features, dim=-1) @ probe[\"coef\"].T + probe[\"intercept\"]\n"
-              "probabilities = logits.softmax(-1)  # two classes: one column, torch.sigmoid(logits) is the second's")
-
-
-ENCODER_METHODS = {"probe": ("linear probe", "classifier on the image embeddings"),
-                   "lora": ("LoRA", "adapter with a classification head"), "zeroshot": ("zero-shot", "evaluation")}
-
-
 # ----------------------------------------------------------------------------- the card
 def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged: bool = False):
     """The card of the run in `out_dir` as a `huggingface_hub.ModelCard` (`str(card)` is its README.md); `merged`:
@@ -279,27 +243,30 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
     from huggingface_hub import ModelCard, ModelCardData
 
     task = task_for(recipe.task)
-    encoder = recipe.encoder.method  # MedSigLIP (medtune/encoder.py)
-    method = "QLoRA" if recipe.quantization.load_in_4bit else "LoRA"
-    what = "model (the adapter merged into its base)" if merged else "adapter"
-    if encoder:
-        method, what = ENCODER_METHODS[encoder]
-    eval_dir = out_dir / "eval"
-    results = {name: _read_json(eval_dir / f"{name}.json") for name in ("finetuned", "baseline")}
+    eval_dir = run_folder.eval_dir(out_dir)
+    results = {name: run_folder.read_result(out_dir, name) for name in ("finetuned", "baseline")}
     results = {name: r for name, r in results.items() if r}
     base = hub_base_model(recipe.model.name_or_path)
     text_only = not (out_dir / "processor_config.json").is_file()  # a text-only model saves a tokenizer alone
+    # what a MedGemma run's card says, unless the run is another family's (MedSigLIP: medtune/medsiglip.py)
+    facts = {"method": "QLoRA" if recipe.quantization.load_in_4bit else "LoRA",
+             "what": "model (the adapter merged into its base)" if merged else "adapter",
+             "method_line": _method_line(recipe), "library_name": "transformers" if merged else "peft",
+             "pipeline_tag": "text-generation" if text_only else "image-text-to-text", "family_tag": "medgemma",
+             "eval_mode": EVAL_MODES[recipe.eval.mode], "snippet": usage_snippet(base, repo_id, merged, text_only),
+             "adapter": not merged}
+    family = medsiglip.card_facts(recipe, base, repo_id, len(task.options) if is_multiple_choice(task) else 0)
+    facts.update(family or {}, **({"adapter": False} if family else {}))
+    method = facts["method"]
     base_name = base or f"{Path(recipe.model.name_or_path).name} (a local model)"
     terms = MEDGEMMA_TERMS if base and base.startswith(MEDGEMMA_PREFIXES) else {}
     card_data = ModelCardData(
-        base_model=base, library_name="transformers" if merged else "peft" if encoder in (None, "lora") else None,
-        pipeline_tag="image-classification" if encoder else "text-generation" if text_only else "image-text-to-text",
-        tags=["medtune", "medsiglip" if encoder else "medgemma", method.lower().replace(" ", "-"), task.name,
-              "medical"], **terms,
+        base_model=base, library_name=facts["library_name"], pipeline_tag=facts["pipeline_tag"],
+        tags=["medtune", facts["family_tag"], method.lower().replace(" ", "-"), task.name, "medical"], **terms,
         model_name=repo_id.split("/")[-1] if repo_id else out_dir.name,
         eval_results=eval_results(recipe, results.get("finetuned", {})) or None,
         base_model_relation="finetune" if merged else "adapter")
-    comparison = eval_dir / "comparison.md"
+    comparison = run_folder.comparison_path(out_dir)
     url = project_url()
     figures = [] if merged else [eval_dir / f for r in results.values() for f in r.get("figures", [])
                                  if (eval_dir / f).is_file()]
@@ -307,17 +274,16 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
                     if terms else "\nUse is governed by the base model's terms.")
     return ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE,
-        title=f"{base_name} — {task.name} ({method}{', merged' if merged else '' if encoder else ' adapter'})",
-        method=method, what=what, base_text=f"`{base_name}`", task=task.name,
+        title=f"{base_name} — {task.name} ({method}{', merged' if merged else ' adapter' if facts['adapter'] else ''})",
+        method=method, what=facts["what"], base_text=f"`{base_name}`", task=task.name,
         medtune=f"[medtune]({url})" if url else "medtune",
-        split=recipe.eval.split, eval_mode="zero-shot scores and the classifier's" if encoder
-        else EVAL_MODES[recipe.eval.mode],
+        split=recipe.eval.split, eval_mode=facts["eval_mode"],
         table=comparison.read_text(encoding="utf-8").strip() if comparison.is_file() else "_No evaluation was run._",
         eval_notes=eval_notes(results), figures=figures,
         data_line=data_line(recipe, (results.get("finetuned") or results.get("baseline") or {}).get("n")),
-        training_lines=training_lines(recipe, _read_json(out_dir / "run_info.json")), license_line=license_line,
-        snippet=encoder_snippet(encoder, base, repo_id, len(task.options)) if encoder
-        else usage_snippet(base, repo_id, merged, text_only),
+        training_lines=training_lines(facts["method_line"], run_folder.read_run_info(out_dir)),
+        license_line=license_line,
+        snippet=facts["snippet"],
         recipe_yaml=yaml.safe_dump(card_recipe(recipe), sort_keys=False))
 
 

@@ -5,12 +5,40 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from medtune.config import Recipe, mask_secrets, save_recipe
+import yaml
+
+from medtune.config import Recipe
+from medtune.run_folder import RECIPE, RUN_INFO, read_run_info
+
+_TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")  # Hugging Face access tokens
+# keys that name a secret; not pad_token/eos_token, which are SFTConfig's special-token strings
+_SECRET_KEYS = re.compile(r"^(hub_)?token$|(^|_)(api_key|secret|password)$", re.IGNORECASE)
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy with token-like strings, and every value under a secret-sounding key, replaced by ***."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str):
+        return "***" if value and _SECRET_KEYS.search(key) else _TOKEN_LIKE.sub("***", value)
+    return value
+
+
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """The resolved recipe as a run records it (recipe.yaml), secrets masked."""
+    path.write_text(yaml.safe_dump(mask_secrets(recipe.to_dict()), sort_keys=False), encoding="utf-8")
+
 
 PACKAGES = ("medtune", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
             "deepspeed", "huggingface_hub", "wandb")
@@ -41,11 +69,11 @@ def git_revision() -> str | None:
 
 def write_run_info(recipe: Recipe, out_dir: Path, extra: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out_dir / "recipe.yaml")
+    save_recipe(recipe, out_dir / RECIPE)
     info = {"recipe_file": recipe.source, "command": mask_secrets(sys.argv),
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_revision": git_revision(), "versions": library_versions(), **(extra or {})}
-    (out_dir / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (out_dir / RUN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def describe_hardware(processes: int) -> str:
@@ -68,6 +96,5 @@ def schedule(args) -> dict:
 
 def update_run_info(out_dir: Path, fields: dict) -> None:
     """Add what a run learns as it goes (the training wall time) to its run_info.json."""
-    path = out_dir / "run_info.json"
-    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    path.write_text(json.dumps({**info, **fields}, indent=2), encoding="utf-8")
+    info = read_run_info(out_dir)
+    (out_dir / RUN_INFO).write_text(json.dumps({**info, **fields}, indent=2), encoding="utf-8")

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medtune import run_folder
 from medtune.config import RecipeError, load_recipe
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -69,9 +70,8 @@ def plan(recipe_path: Path, overrides: list[str]):
 
 def finished(run: SweepRun, evaluates: bool) -> bool:
     """Trained (run_info records the training time), and evaluated when the recipe evaluates."""
-    info = run.output_dir / "run_info.json"
-    trained = info.is_file() and "train_seconds" in json.loads(info.read_text(encoding="utf-8"))
-    return trained and (not evaluates or (run.output_dir / "eval" / "finetuned.json").is_file())
+    trained = "train_seconds" in run_folder.read_run_info(run.output_dir)
+    return trained and (not evaluates or run_folder.result_path(run.output_dir, "finetuned").is_file())
 
 
 def run_sweep(recipe_path: Path, overrides: list[str], launcher: str | None = None) -> str:
@@ -111,9 +111,8 @@ def sweep_table(recipe, axes, runs: list[SweepRun], record: dict) -> str:
     task = task_for(recipe.task)
     rows, best_value, best_row, metric = [], None, None, "validation metric"
     for run in runs:
-        info_path, test_path = run.output_dir / "run_info.json", run.output_dir / "eval" / "finetuned.json"
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-        test = json.loads(test_path.read_text(encoding="utf-8"))["metrics"] if test_path.is_file() else {}
+        info = run_folder.read_run_info(run.output_dir)
+        test = run_folder.read_result(run.output_dir, "finetuned").get("metrics", {})
         best = info.get("best_checkpoint")
         validation = f"{best['value']:.4f} (step {best['step']})" if best else "—"
         tests = [f"{test[k]:.4f}" if isinstance(test.get(k), float) else str(test.get(k, "—"))
@@ -121,9 +120,7 @@ def sweep_table(recipe, axes, runs: list[SweepRun], record: dict) -> str:
         seconds = record.get(run.name, {}).get("seconds")
         if seconds is None and "train_seconds" in info:  # the sweep was stopped before it could time the run:
             seconds = info["train_seconds"] + sum(  # the run's own timings of its training and evaluations
-                json.loads(p.read_text(encoding="utf-8")).get("seconds", 0)
-                for p in (run.output_dir / "eval" / f"{which}.json" for which in ("finetuned", "baseline"))
-                if p.is_file())
+                run_folder.read_result(run.output_dir, which).get("seconds", 0) for which in run_folder.EVALUATIONS)
         wall = f"{seconds / 60:.1f} min" if seconds is not None else "—"
         if record.get(run.name, {}).get("exit_code"):
             wall += f" (failed: exit code {record[run.name]['exit_code']})"

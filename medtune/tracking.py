@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import Recipe
+from medtune.run_folder import predictions_file
 
 
 def wandb_has_credentials() -> bool:
@@ -66,10 +67,10 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
     return [(p, next(iter(row_images(row)), None)) for p, row in zip(predictions, rows)]
 
 
-def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[list[str]], eval_dir: Path,
-                   dataset) -> None:
-    """Add the evaluation to the run the trainer logged to (main process only)."""
-    from medtune.evaluation import COMPARISON_COLUMNS, comparison_table, unavailable_notes
+def log_evaluation(recipe: Recipe, results: dict[str, dict], columns: list[str], comparison: list[list[str]],
+                   table: str, eval_dir: Path, dataset) -> None:
+    """Add the evaluation to the run the trainer logged to (main process only): the comparison (`columns` and
+    its rows, and as the markdown `table`), metrics, figures and sample predictions."""
     from medtune.tasks import task_for
 
     t = recipe.tracking
@@ -90,7 +91,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                    for k, v in r["metrics"].items() if isinstance(v, (int, float))}
         run.log(summary)
         run.summary.update(summary)
-        run.log({"final/comparison": wandb.Table(columns=COMPARISON_COLUMNS, data=comparison)})
+        run.log({"final/comparison": wandb.Table(columns=columns, data=comparison)})
         for name, r in results.items():
             for figure in r.get("figures", []):
                 run.log({f"final/{name}/{Path(figure).stem}": wandb.Image(str(eval_dir / figure))})
@@ -98,7 +99,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                 columns = ["id", "image", "reference", "generated", *scored]
                 data = [[p["id"], wandb.Image(img) if log_images and img is not None else None, p["reference_text"],
                          p["generated"], *(p.get(k) for k in scored)]
-                        for p, img in _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)]
+                        for p, img in _sample_rows(dataset, eval_dir / predictions_file(name), n)]
                 run.log({f"final/{name}/samples": wandb.Table(columns=columns, data=data)})
         run.finish()
     elif t.backend == "tensorboard":
@@ -115,7 +116,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                 image = np.asarray(Image.open(eval_dir / figure).convert("RGB"))
                 writer.add_image(f"final/{name}/{Path(figure).stem}", image, dataformats="HWC")
             if n:
-                samples = _sample_rows(dataset, eval_dir / f"{name}_predictions.jsonl", n)
+                samples = _sample_rows(dataset, eval_dir / predictions_file(name), n)
                 lines = ["| " + " | ".join(["id", "reference", "generated", *scored]) + " |",
                          "|---" * (3 + len(scored)) + "|"]
                 for i, (p, img) in enumerate(samples):
@@ -125,5 +126,5 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], comparison: list[li
                         writer.add_image(f"final/{name}/sample_{i}", np.asarray(img.convert("RGB")),
                                          dataformats="HWC")
                 writer.add_text(f"final/{name}/samples", "\n".join(lines))
-        writer.add_text("final/comparison", comparison_table(comparison, unavailable_notes(task, *results.values())))
+        writer.add_text("final/comparison", table)
         writer.close()

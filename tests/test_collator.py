@@ -57,8 +57,15 @@ def test_loss_is_on_the_answer_and_end_of_turn_only(processor, rows):
 
 
 def test_collating_leaves_the_dataset_rows_intact(processor, rows):
+    import copy
+
+    before = copy.deepcopy(rows)
     build_collator(processor)(rows)
     assert all("image" in r for r in rows)
+    for row, kept in zip(rows, before):  # every column as it was, the image's pixels included
+        assert row.keys() == kept.keys()
+        assert all(row[k] == kept[k] for k in row if k != "image")
+        assert row["image"].tobytes() == kept["image"].tobytes() and row["image"].mode == kept["image"].mode
 
 
 def test_truncating_into_the_image_is_refused(processor, rows):
@@ -81,13 +88,13 @@ def test_inspect_marks_the_loss_tokens(small_crc, tiny_cache):
 
 
 def test_projecting_only_labelled_positions_gives_the_same_loss_and_gradients(processor, rows):
-    """medtune.train.project_labelled_positions_only: on a CPU, TRL's fused LM head then projects only the
+    """medtune.trainer.project_labelled_positions_only: on a CPU, TRL's fused LM head then projects only the
     answer's positions (as it does on a GPU); the loss and the gradients are those of every position."""
     import torch
     import trl.trainer.utils as trl_utils
     from transformers import AutoModelForImageTextToText
 
-    from medtune.train import project_labelled_positions_only
+    from medtune.trainer import project_labelled_positions_only
 
     batch = build_collator(processor)(rows)
     batch.pop("token_type_ids", None)

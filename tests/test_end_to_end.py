@@ -82,7 +82,8 @@ def test_eval_command_scores_an_adapter_like_the_training_run(demo_run):
     during_training = json.loads((run / "eval/finetuned.json").read_text())
     assert again["decoding"]["loader_workers"] == 2 and during_training["decoding"]["loader_workers"] == 0
     assert again["metrics"] == during_training["metrics"]
-    assert _predictions(run / "eval/adapter_predictions.jsonl") == _predictions(run / "eval/finetuned_predictions.jsonl")
+    assert _predictions(run / "eval/adapter_predictions.jsonl") == \
+        _predictions(run / "eval/finetuned_predictions.jsonl")
 
 
 def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
@@ -288,15 +289,16 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(sma
     assert all(bool(t.isfinite().all()) for t in weights.values())
 
 
-def test_sample_images_reach_the_tracker_only_for_public_data(demo_run, monkeypatch):
+def test_sample_images_reach_the_tracker_only_for_public_data(demo_run):
     """tensorboard gets the demo's sample images (public CRC); a credentialed task's stay out by default."""
     import dataclasses
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import medtune.tasks as tasks
     from medtune import tracking
+    from medtune.comparison import COMPARISON_COLUMNS
     from medtune.config import load_recipe
+    from medtune.tasks import task_for
 
     recipe = load_recipe(_run_dir(demo_run) / "recipe.yaml")
 
@@ -309,10 +311,13 @@ def test_sample_images_reach_the_tracker_only_for_public_data(demo_run, monkeypa
 
     from datasets import load_from_disk
 
-    public = tasks.task_for(recipe.task)
-    monkeypatch.setattr(tasks, "task_for", lambda section: dataclasses.replace(public, credentialed=True))
-    credentialed = dataclasses.replace(recipe, training={**recipe.training, "output_dir": str(demo_run[0] / "cred")})
+    # the same run logged as a task whose data is credentialed (report generation: MIMIC-CXR's agreement)
+    assert not task_for(recipe.task).credentialed
+    credentialed_task = dataclasses.replace(recipe.task, name="report_generation")
+    assert task_for(credentialed_task).credentialed and recipe.tracking.log_images is None
+    credentialed = dataclasses.replace(recipe, task=credentialed_task,
+                                       training={**recipe.training, "output_dir": str(demo_run[0] / "cred")})
     results = {"finetuned": json.loads((_run_dir(demo_run) / "eval/finetuned.json").read_text())}
-    tracking.log_evaluation(credentialed, results, [], _run_dir(demo_run) / "eval",
+    tracking.log_evaluation(credentialed, results, COMPARISON_COLUMNS, [], "", _run_dir(demo_run) / "eval",
                             load_from_disk(str(demo_run[0] / "data"))["test"])
     assert images_logged(demo_run[0] / "cred") == []

@@ -58,7 +58,6 @@ def test_a_model_that_thinks_is_evaluated_on_what_follows_its_trace(thinking_dat
     from medtune.data import load_split
     from medtune.evaluation import evaluate
     from medtune.model import load_model, load_processor
-
     from medtune.train import main as train_main
 
     run = tmp_path / "run"
@@ -88,7 +87,7 @@ def test_the_pt_form_has_no_turns_and_trains_on_the_report_only(small_mimic, tmp
     from medtune.config import load_recipe
     from medtune.evaluation import PromptInputs
     from medtune.model import load_processor
-    from medtune.train import build_trainer, sft_config
+    from medtune.trainer import build_trainer, sft_config
 
     recipe = load_recipe("recipes/report_generation/qlora-pt.yaml",
                          ["model.name_or_path=tiny", f"data.path={small_mimic / 'data'}", "training.eval_strategy=no",

@@ -49,7 +49,7 @@ def test_zero_shot_and_probe_write_the_usual_files_and_the_probe_learns(small_cr
 
 
 def test_embeddings_are_computed_once_and_reused(small_crc, tmp_path):
-    from medtune.encoder import CACHE_FOLDER
+    from medtune.embeddings import CACHE_FOLDER
 
     data = small_crc / "data"
     first = _run(PROBE, data, tmp_path / "first", "eval.baseline=false")
@@ -113,7 +113,7 @@ def test_one_familys_keys_in_the_others_recipe_are_refused(recipe, overrides, ke
 
 def _card_snippet(run, method: str):
     """The usage snippet of the run's card, pointed at the tiny twin and this run's folder."""
-    from medtune.model_card import encoder_snippet
+    from medtune.medsiglip import snippet as encoder_snippet
     from medtune.tiny import TINY_ENCODER, tiny_checkpoint_dir
 
     code = encoder_snippet(method, str(tiny_checkpoint_dir(TINY_ENCODER)), None, 9)

@@ -230,7 +230,8 @@ def test_report_generation_learns_offline_and_says_why_radgraph_is_missing(small
     assert "| report_generation | rouge_l |" in table and "radgraph_f1 unavailable: " in table
     assert "radgraph_f1 unavailable" in result.stdout
     predictions = [json.loads(line) for line in (run / "eval/finetuned_predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == finetuned["n"] and all({"rouge_l", "bleu4", "generated"} <= p.keys() for p in predictions)
+    assert len(predictions) == finetuned["n"]
+    assert all({"rouge_l", "bleu4", "generated"} <= p.keys() for p in predictions)
     assert (run / "eval/finetuned_rouge_l.png").is_file()
     # credentialed data: no report text reaches the tracker (the demo recipe logs to tensorboard)
     logged = b"".join(p.read_bytes() for p in (run / "tensorboard").rglob("*") if p.is_file())

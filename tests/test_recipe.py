@@ -68,7 +68,8 @@ def test_recipes_train_at_the_measured_fast_settings(recipe, batch, prepared):
     """Micro-batch 16 x 1 for classification (8 x 2 for reports' longer sequences), SDPA in the language model."""
     task = yaml.safe_load(recipe.read_text())["task"]["name"]
     r = load_recipe(recipe, [f"data.path={prepared[task]}"])
-    assert (r.training["per_device_train_batch_size"], r.training["gradient_accumulation_steps"]) == (batch, 16 // batch)
+    training = r.training
+    assert (training["per_device_train_batch_size"], training["gradient_accumulation_steps"]) == (batch, 16 // batch)
     assert r.model.attn_implementation == r.model.vision_attn_implementation == "sdpa"
 
 
@@ -87,7 +88,8 @@ def test_recipes_train_at_the_measured_fast_settings(recipe, batch, prepared):
     ("data.path=/nonexistent/crc", "data.path", "python -m data_prep crc100k"),
     ("export.push=true", "export.repo_id", "repo id"),
     ("training.hub_token=hf_abc", "training.hub_token", "HF_TOKEN"),
-    ("training.gradient_checkpointing=false", "training.gradient_checkpointing", "use training.activation_checkpointing"),
+    ("training.gradient_checkpointing=false", "training.gradient_checkpointing",
+     "use training.activation_checkpointing"),
     ("training.early_stopping_patience=0", "training.early_stopping_patience", "out of range"),
     *([("training.use_liger_kernel=true", "training.use_liger_kernel", "pip install 'medtune[liger]'")]
       if importlib.util.find_spec("liger_kernel") is None else []),

@@ -78,9 +78,11 @@ def test_identifiers_are_hashed_never_in_clear(small_siim):
 
 def test_every_encoding_decodes_to_the_same_picture(tmp_path):
     """JPEG Baseline, uncompressed, MONOCHROME1 (inverted) and 12-bit (windowed) files of one image agree."""
-    from data_prep.siim_acr import _chest, _write_dicom
-    from PIL import Image
     import io
+
+    from PIL import Image
+
+    from data_prep.siim_acr import _chest, _write_dicom
 
     picture = _chest(np.random.default_rng(0), positive=True)
     decoded = {}
@@ -162,9 +164,11 @@ def test_pneumothorax_learns_and_option_scoring_agrees_with_generation(small_sii
 def test_films_larger_than_the_model_input_are_stored_at_its_size(tmp_path):
     """A 1,024 px film is stored 896 px, exactly as the Gemma 3 processor would resize it (PIL bilinear), and
     uncompressed; `--image-size 0` and films no larger than the size keep their own size."""
-    from data_prep.siim_acr import _chest, _write_dicom
-    from PIL import Image
     import io
+
+    from PIL import Image
+
+    from data_prep.siim_acr import _chest, _write_dicom
 
     for size in (1024, 256):
         path = tmp_path / f"{size}.dcm"

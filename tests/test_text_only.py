@@ -71,7 +71,6 @@ def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa,
     from medtune.data import load_split
     from medtune.evaluation import evaluate
     from medtune.model import load_model, load_processor
-
     from medtune.train import main as train_main
 
     run = tmp_path / "run"

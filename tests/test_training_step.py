@@ -1,7 +1,8 @@
 """One real training step of the shipped LoRA recipe on the tiny model (TRL's SFTTrainer as `medtune train`
 builds it, activation checkpointing on): the frozen vision tower stays out of autograd without changing the
-loss or a gradient; model-ready uint8 pixels train like the image processor's values; the vision side still trains when the recipe asks; the language model's attention
-implementation does not change the loss; running out of memory ends with the keys that fix it."""
+loss or a gradient; model-ready uint8 pixels train like the image processor's values; the vision side still
+trains when the recipe asks; the language model's attention implementation does not change the loss; running
+out of memory ends with the keys that fix it."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import TrainerCallback, set_seed
 from medtune.config import load_recipe
 from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.model import VISION_TOWER
-from medtune.train import build_trainer, sft_config, training_memory_advice
+from medtune.trainer import build_trainer, sft_config, training_memory_advice
 from tests.conftest import REPO
 
 LORA = REPO / "recipes" / "tissue_classification" / "lora.yaml"

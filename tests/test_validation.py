@@ -7,7 +7,7 @@ from transformers import set_seed
 from medtune.config import load_recipe
 from medtune.evaluation import validation_metrics
 from medtune.tasks import get_task
-from medtune.train import build_trainer, sft_config
+from medtune.trainer import build_trainer, sft_config
 from tests.conftest import REPO
 
 

@@ -10,6 +10,40 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task provides (the fields and methods the core reads). A multiple-choice task (its answer one
+    of `options`, scored by option too) also has `options`, `class_names`, `option_line(i)` and
+    `option_count(row)`: see `is_multiple_choice`."""
+
+    name: str  # the task's module name
+    dataset: str  # the data_prep reader that writes its data (a generic task's first)
+    credentialed: bool  # its data may not go to third-party trackers (PhysioNet's agreement, a hospital's data)
+    max_new_tokens: int  # the generation budget when eval.max_new_tokens is unset
+    table_metrics: tuple[str, ...]  # the comparison table's rows, the headline first
+    example_metrics: tuple[str, ...]  # the per-example scores saved with each prediction
+    kind: str  # "classification" or "generation": the Hub's task type on the model card
+
+    def prompt(self, *args: Any) -> str: ...
+
+    def reference(self, row: dict[str, Any]) -> Any: ...
+
+    def parse_answer(self, text: str) -> Any: ...
+
+    def compute_metrics(self, references: list, predictions: list,
+                        scores: list[list[float]] | None = None) -> dict[str, Any]: ...
+
+    def write_figures(self, metrics: dict[str, Any], per_example: list[dict[str, Any]], out_dir: Path,
+                      prefix: str) -> list[Path]: ...
+
+
+def is_multiple_choice(task: Task) -> bool:
+    """Whether the task's answer is one of its options (classification, MedQA): scorable by option, with AUROC."""
+    return hasattr(task, "options")
 
 
 @cache

@@ -14,8 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from medtune.tasks._text_metrics import (MetricUnavailable, TextAnswers, add_metrics, bleu4, rouge_l,
-                                         rouge_l_histogram)
+from medtune.tasks._text_metrics import MetricUnavailable, TextAnswers, add_metrics, bleu4, rouge_l, rouge_l_histogram
 
 RADGRAPH_MODEL, RADGRAPH_REWARD = "radgraph-xl", "partial"  # the package's default model; the leaderboards' reward
 _SECTION_LABEL = re.compile(r"\b(?:FINDINGS|IMPRESSION):\s*")

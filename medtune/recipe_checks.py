@@ -1,0 +1,141 @@
+"""The checks of a recipe that span its sections or reach its prepared data, after `medtune.config` has checked
+every key's name and type: a known task with only the settings it takes; the prepared dataset there, prepared
+for this task, with the recipe's split options; the model family's keys (medtune/medsiglip.py); and what the
+commands need (a repo id to push to, a model that exists). Each problem is a `RecipeError` naming the key.
+
+Also the one thing loading takes from the data: a generic task's question and classes, as its prompts hold them
+(`task_as_prepared`), an explicit step of `load_recipe`. Light: no torch, no transformers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from medtune import medsiglip
+from medtune.errors import RecipeError
+from medtune.tasks import data_prep_readers, is_configurable, is_multiple_choice, task_for, task_names
+from medtune.tiny import TINY_TWINS
+
+
+def suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- the task
+def check_task(recipe) -> None:
+    """A task medtune has, with a question and options only where it takes them."""
+    section = recipe.task
+    if section.name not in task_names():
+        raise RecipeError("task.name", f"unknown task {section.name!r}{suggest(section.name, task_names())}; "
+                                       f"built in: {', '.join(task_names())}")
+    _check_task_settings(section)
+
+
+def _check_task_settings(section) -> None:
+    configurable = is_configurable(section.name)
+    for key in ("question", "options"):
+        if getattr(section, key) is not None and not configurable:
+            generic = " and ".join(n for n in task_names() if is_configurable(n))
+            raise RecipeError(f"task.{key}", f"{section.name} asks its own question of fixed classes: remove "
+                                             f"task.{key} (the generic tasks, {generic}, take it)")
+    if section.options is not None and not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                               for k, v in section.options.items()):
+        raise RecipeError("task.options", "must map each class name to its option text, e.g. {TUM: tumour}")
+    if section.options:
+        resolved_task(section)  # a task that takes no options refuses them here
+
+
+def resolved_task(section):
+    try:
+        return task_for(section)
+    except ValueError as e:  # a generic task shaped by settings it cannot take, or without them
+        raise RecipeError("task.options", str(e)) from None
+
+
+# ----------------------------------------------------------------------------- the prepared data
+def check_data(recipe) -> None:
+    """The prepared dataset is there, was prepared for the recipe's task, and agrees with its split options."""
+    data_path = Path(recipe.data.path) if recipe.data.path else None
+    if data_path is None or not (data_path / "dataset_dict.json").is_file():
+        if data_path is None:
+            what = "is not set"
+        else:
+            what = f"{str(data_path)!r} " + ("is not a prepared dataset" if data_path.exists() else "does not exist")
+        raise RecipeError("data.path", f"{what}; prepare one with `python -m data_prep "
+                                       f"{'|'.join(data_prep_readers(recipe.task.name))} --src RAW --out DIR` and pass "
+                                       "data.path=DIR")
+    report = prep_report(data_path)
+    _check_prepared_task(recipe.task, report.get("task"), data_path)
+    prepared = report.get("options") or {}
+    if recipe.data.test_fraction is not None and prepared and "test_fraction" not in prepared:
+        raise RecipeError("data.test_fraction", f"{data_path} has the publisher's own test split, not one data_prep "
+                                                "draws: remove data.test_fraction")
+    if recipe.data.test_fraction is not None and prepared.get("test_fraction", recipe.data.test_fraction) != \
+            recipe.data.test_fraction:
+        raise RecipeError("data.test_fraction", f"{recipe.data.test_fraction} but {data_path} was prepared with "
+                                                f"{prepared['test_fraction']}: prepare it again with --recipe, or "
+                                                f"set data.test_fraction={prepared['test_fraction']}")
+
+
+def _check_prepared_task(section, prepared: dict[str, Any] | None, data_path: Path) -> None:
+    """The dataset was prepared for this task (datasets prepared before data_prep recorded it pass); a generic
+    task takes the question and options its prompts were written with, and the recipe's must agree with them."""
+    if not prepared:
+        return
+    if prepared.get("name") != section.name:
+        raise RecipeError("task.name", f"{section.name} but {data_path} was prepared for {prepared.get('name')}: "
+                                       f"set task.name={prepared.get('name')}, or point data.path at "
+                                       f"data prepared for {section.name}")
+    if not is_configurable(section.name):
+        return
+    if section.question is not None and section.question != prepared.get("question"):
+        raise RecipeError("task.question", f"{section.question!r} but {data_path}'s prompts ask "
+                                           f"{prepared.get('question')!r}: prepare it again with --recipe "
+                                           "(the prompts are written then), or remove task.question")
+    classes = prepared.get("options") or {}
+    unknown = [c for c in section.options or {} if c not in classes]
+    if unknown:
+        raise RecipeError("task.options", f"no class {unknown[0]!r} in {data_path} (its classes: "
+                                          f"{', '.join(classes)})")
+    changed = [c for c, text in (section.options or {}).items() if classes[c] != text]
+    if changed:
+        raise RecipeError("task.options", f"{changed[0]}: {section.options[changed[0]]!r} but {data_path}'s prompts "
+                                          f"read {classes[changed[0]]!r}: prepare it again with --recipe (the "
+                                          "prompts are written then), or remove the option")
+
+
+def task_as_prepared(recipe):
+    """The recipe's task section with a generic task's question and classes as the prepared data's prompts hold
+    them (check_data has made sure the recipe's agree); a built-in task's section as it is."""
+    prepared = prep_report(Path(recipe.data.path)).get("task") or {}
+    if not prepared or not is_configurable(recipe.task.name):
+        return recipe.task
+    return dataclasses.replace(recipe.task, question=prepared.get("question"),
+                               options=dict(prepared.get("options") or {}) or None)
+
+
+def prep_report(data_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_path / "prep_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# ----------------------------------------------------------------------------- across sections
+def check_settings(recipe, raw: dict[str, Any]) -> None:
+    """What spans the sections: the model family's keys, option scoring for a multiple-choice task, a repo id to
+    push to, a model that can be found."""
+    task = resolved_task(recipe.task)
+    medsiglip.check_family(recipe, raw, task)
+    if recipe.eval.mode == "score" and not is_multiple_choice(task):
+        raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
+    if recipe.export.push and not recipe.export.repo_id:
+        raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
+    if recipe.model.name_or_path not in TINY_TWINS and "/" not in recipe.model.name_or_path \
+            and not Path(recipe.model.name_or_path).exists():
+        raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id (org/name), a "
+                                                f"local folder, nor a tiny twin ({', '.join(TINY_TWINS)})")
