@@ -93,11 +93,12 @@ def compare_labels(recipe: dict[str, Any]) -> dict[str, str] | None:
 
 def card_facts(recipe, base: str | None, repo_id: str | None, classes: int) -> dict[str, Any] | None:
     """What a MedSigLIP run's model card says differently (None for a MedGemma run): its method, what it
-    publishes, the method line, the Hub's library and pipeline tag, and the loading snippet."""
+    publishes (never titled an adapter: a probe is a classifier), the method line, the Hub's library and pipeline
+    tag, and the loading snippet."""
     if not is_encoder_recipe(recipe):
         return None
     method, what = METHODS[recipe.encoder.method]
-    return {"method": method, "what": what, "method_line": _method_line(recipe),
+    return {"method": method, "what": what, "adapter": False, "method_line": _method_line(recipe),
             "library_name": "peft" if recipe.encoder.method == "lora" else None,
             "pipeline_tag": "image-classification", "family_tag": "medsiglip",
             "eval_mode": "zero-shot scores and the classifier's",

@@ -255,8 +255,8 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
              "pipeline_tag": "text-generation" if text_only else "image-text-to-text", "family_tag": "medgemma",
              "eval_mode": EVAL_MODES[recipe.eval.mode], "snippet": usage_snippet(base, repo_id, merged, text_only),
              "adapter": not merged}
-    family = medsiglip.card_facts(recipe, base, repo_id, len(task.options) if is_multiple_choice(task) else 0)
-    facts.update(family or {}, **({"adapter": False} if family else {}))
+    facts.update(medsiglip.card_facts(recipe, base, repo_id, len(task.options) if is_multiple_choice(task) else 0)
+                 or {})
     method = facts["method"]
     base_name = base or f"{Path(recipe.model.name_or_path).name} (a local model)"
     terms = MEDGEMMA_TERMS if base and base.startswith(MEDGEMMA_PREFIXES) else {}

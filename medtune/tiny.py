@@ -108,13 +108,8 @@ def build_tiny_processor():
 
 def build_tiny_model(tokenizer, name: str = TINY_NAME):
     import torch
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForCausalLM,
-        Gemma3ForConditionalGeneration,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
+    from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                              SiglipVisionConfig)
 
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     text_config = Gemma3TextConfig(
@@ -152,14 +147,8 @@ def build_tiny_model(tokenizer, name: str = TINY_NAME):
 def build_tiny_siglip(tokenizer):
     """(SiglipModel, SiglipProcessor): a random MedSigLIP-shaped encoder pair, small enough for a CPU."""
     import torch
-    from transformers import (
-        SiglipConfig,
-        SiglipImageProcessorPil,
-        SiglipModel,
-        SiglipProcessor,
-        SiglipTextConfig,
-        SiglipVisionConfig,
-    )
+    from transformers import (SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTextConfig,
+                              SiglipVisionConfig)
 
     text_config = SiglipTextConfig(vocab_size=((len(tokenizer) + 7) // 8) * 8, hidden_size=32, intermediate_size=64,
                                    num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,

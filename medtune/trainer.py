@@ -128,14 +128,8 @@ def build_trainer(recipe: Recipe, args, precision: str):
     from medtune.collator import build_collator
     from medtune.data import load_split
     from medtune.evaluation import validation_metrics
-    from medtune.model import (
-        compile_decoder_layers,
-        keep_frozen_vision_tower_out_of_autograd,
-        load_model,
-        load_processor,
-        lora_config,
-        vision_tower,
-    )
+    from medtune.model import (compile_decoder_layers, keep_frozen_vision_tower_out_of_autograd, load_model,
+                               load_processor, lora_config, vision_tower)
     from medtune.pixels import model_ready_inputs
     from medtune.rows import check_model_takes
     from medtune.tasks import task_for
