@@ -70,8 +70,8 @@ def main() -> None:
 
     from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
     from medtune.config import load_recipe
-    from medtune.evaluation import (PromptInputs, default_batch_size, default_num_workers, generate_answers,
-                                    option_first_tokens, score_options)
+    from medtune.inference import (PromptInputs, default_batch_size, default_num_workers, generate_answers,
+                                   option_first_tokens, score_options)
     from medtune.model import load_model, resolve_precision
     from medtune.tasks import get_task
     from medtune.tiny import tiny_checkpoint_dir

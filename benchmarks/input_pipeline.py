@@ -10,7 +10,7 @@ Stand-ins written by data_prep's own synthesizers and prepared by data_prep:
 - MIMIC-CXR: 2,544 x 3,056 JPEG films as stored after prep (896 px JPEG; unchanged).
 
 Each row prepares batches of 16 (the recipes' eval batch) for MedGemma's processor at 896 px, through
-`medtune.evaluation.PromptInputs`, from the prepared rows (image decoding included):
+`medtune.inference.PromptInputs`, from the prepared rows (image decoding included):
 - before: the processor as it is (RGB, PIL resize, float32 rescale and normalise, numpy copies) + tokenizer;
 - after: `medtune.pixels` (uint8, torch's 8-bit resize where the size differs) + tokenizer; the rescale and
   normalisation then run on the model's device (on a GPU, microseconds a batch; the end-to-end line below
@@ -129,7 +129,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from medgemma_shapes import write_checkpoint
 
-    from medtune.evaluation import PromptInputs
+    from medtune.inference import PromptInputs
     from medtune.pixels import model_ready_inputs
 
     checkpoint = write_checkpoint("geometry", args.workdir / "medgemma-geometry-random")

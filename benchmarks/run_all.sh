@@ -20,4 +20,8 @@ out="${1:-benchmarks/results.md}"
   python benchmarks/image_prep.py 2>/dev/null
   echo; echo "## MedSigLIP image embeddings (python benchmarks/encoder_embeddings.py)"; echo
   python benchmarks/encoder_embeddings.py 2>/dev/null
+  echo; echo "## Chest X-ray findings: packed vs separate rows (python benchmarks/findings_training.py)"; echo
+  for way in packed rows rows-together; do python benchmarks/findings_training.py --images 2 --steps 3 --ways "$way" 2>/dev/null; done
+  echo; echo "## The model card's suite (python benchmarks/bench_suite.py)"; echo
+  python benchmarks/bench_suite.py 2>/dev/null
 } | tee "$out"

@@ -45,6 +45,8 @@ def apply_recipe_options(args: argparse.Namespace) -> None:
     for key in SPLIT_OPTIONS:
         if data.get(key) is not None and hasattr(args, key):
             setattr(args, key, data[key])
+    if task.get("protocol") is not None and hasattr(args, "protocol"):  # a reader that writes several protocols
+        args.protocol = task["protocol"]
     if not hasattr(args, "question"):  # a reader of a built-in dataset: its task's prompts are fixed
         return
     tasks = [name for name in task_names() if args.dataset in data_prep_readers(name)]

@@ -30,6 +30,18 @@ class PrepError(Exception):
         self.report = report
 
 
+def read_json_file(path: Path, expected: type, what: str):
+    """A download's JSON file whose top level is `expected` (dict or list); PrepError naming the file and `what` it
+    should hold otherwise (a truncated download, the wrong file)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PrepError(f"cannot read {path} ({type(e).__name__}: {e}): download it again") from None
+    if not isinstance(loaded, expected):
+        raise PrepError(f"{path.name} is not {what}")
+    return loaded
+
+
 @dataclass
 class PrepReport:
     dataset: str
@@ -53,9 +65,17 @@ class PrepReport:
         self.skip(f"{prefix}{hashed_id(identifying, self.hash_key or id_key())}", reason)
         self.in_clear.append(f"  {prefix}{identifying}: {reason}")
 
+    def compare_count(self, split: str, kept: int, published: int, what: str, source: str) -> None:
+        """A note that says at once whether the prepared split holds the examples a published figure was measured
+        on: `test: kept 1,061 questions; the MedGemma technical report evaluated 1,061 (Table 2)`."""
+        verdict = "the same count" if kept == published else f"{kept - published:+,}"
+        self.notes.append(f"{split}: kept {kept:,} {what}; {source} evaluated {published:,} ({verdict})")
+        self.options.setdefault("published_counts", {})[split] = published
+
     def count_split(self, split: str, labels: Iterable[str]) -> None:
         per_class = Counter(labels)
-        self.splits[split] = {"total": sum(per_class.values())}
+        # what a reader has already said of the split (findings' counts per finding) stays
+        self.splits[split] = {**self.splits.get(split, {}), "total": sum(per_class.values())}
         if None not in per_class:
             self.splits[split]["per_class"] = dict(sorted(per_class.items()))
 

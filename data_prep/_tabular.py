@@ -1,5 +1,5 @@
-"""Rows with named columns -> the prepared DatasetDict, for the `classification` or `free_text` task: what
-`data_prep table` (a CSV, JSON lines or Parquet file) and `data_prep hub` (a Hugging Face dataset) share.
+"""Rows with named columns -> the prepared DatasetDict, for the `classification`, `free_text` or `findings` task:
+what `data_prep table` (a CSV, JSON lines or Parquet file) and `data_prep hub` (a Hugging Face dataset) share.
 
 A row's columns are named by flags (defaults in brackets):
 
@@ -7,19 +7,27 @@ A row's columns are named by flags (defaults in brackets):
                           outside it is refused), the image's bytes as `datasets.Image` stores them ({bytes,
                           path}), or a list of these (several images an example); any image Pillow reads, or a DICOM
     label     [label]     a class name (classification), or
-    answer    [answer]    a free-text answer (free_text)
+    answer    [answer]    a free-text answer (free_text), or
+    findings              (findings) --finding-columns A,B,...: one column per finding, 1 present, 0 absent, -1
+                          uncertain, blank not mentioned (yes/no, true/false too; read by --uncertain and
+                          --unmentioned), or --findings-column NAME: the findings present, as a list, a JSON list or
+                          names separated by ';', '|' or ','; every finding it does not list is absent
     question  [question]  optional, free_text: the row's own question (else --question or task.question)
     split     [split]     optional: train, validation or test (val, valid, dev too); missing splits drawn from train
     group     (none)      optional, --group-column: e.g. a patient id, stored as a keyed hash; no group in two splits
     id        (none)      optional, --id-column: the example's id (else its row number); --hash-ids stores it hashed
 
-The task is classification when the rows have the label column, else free_text (--task, or the recipe's
-task.name, chooses). Rows without an image, with an unreadable one, with an empty label or answer or an unknown
-split are skipped, counted and listed in prep_report.json, each where it stands in the source.
+The task is findings with a findings flag, else classification when the rows have the label column, else free_text
+(--task, or the recipe's task.name, chooses). Rows without an image, with an unreadable one, with an empty label or
+answer, an unreadable finding value or no finding scored, or an unknown split are skipped, counted and listed in
+prep_report.json, each where it stands in the source.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +39,9 @@ from tqdm import tqdm
 from data_prep import _own_data
 from data_prep._common import (PrepError, PrepReport, build_split, conversation, conversation_features, group_by,
                                hashed_id, id_key, save_dataset, staged_output)
+from data_prep._findings import UNCERTAIN_READINGS, UNMENTIONED_READINGS, FindingCounts, FindingLabels, LabelPolicy
 from medtune.tasks import get_task
+from medtune.tasks._findings import ABSENT, PRESENT, PROTOCOLS, finding_key
 
 # (where, row): where the row stands in the source (`table.csv:12`, `train[41]`), for the skip report, and its
 # columns. An image column's value may be a callable that reads it: a dataset's image bytes stay on disk until
@@ -39,17 +49,42 @@ from medtune.tasks import get_task
 Row = tuple[str, dict[str, Any]]
 COLUMN_FLAGS = (("image", "image"), ("label", "label"), ("answer", "answer"), ("question", "question"),
                 ("split", "split"), ("group", None), ("id", None))
+TASKS = ("classification", "free_text", "findings")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _own_data.add_arguments(parser)
-    parser.add_argument("--task", choices=("classification", "free_text"), default=None,
-                        help="default: classification when the rows have the label column, else free_text")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="default: findings with --finding-columns or --findings-column, else classification when "
+                             "the rows have the label column, else free_text")
+    parser.add_argument("--protocol", choices=tuple(dict.fromkeys((*get_task("free_text").protocols, *PROTOCOLS))),
+                        default=None,
+                        help="free_text: the prompt each question is asked with (default medtune: the question alone; "
+                             "medgemma-slake, medgemma-vqa-rad, medgemma-1.5: the MedGemma reports' VQA prompts); "
+                             "findings: each finding's (default medgemma: the MedGemma report's, Table A7; "
+                             "medgemma-1.5: MedGemma 1.5's, Table 8)")
     parser.add_argument("--image-root", type=Path, default=None,
                         help="the folder image paths are relative to (default: the source's); none may lead outside it")
     for column, default in COLUMN_FLAGS:
         parser.add_argument(f"--{column}-column", default=default, metavar="NAME")
     parser.add_argument("--hash-ids", action="store_true", help="store and report the id column as keyed hashes")
+    findings = parser.add_argument_group("findings", "a yes/no question about each finding (--task findings); "
+                                                     "--question is a template with {finding}")
+    findings.add_argument("--finding-columns", metavar="NAME,NAME",
+                          help="one column per finding: 1 (or 1.0, yes, true) present, 0 (0.0, no, false) absent, -1 "
+                               "uncertain, blank not mentioned; a finding is asked as its column's name, lower-cased, "
+                               "underscores as spaces (Pleural_Effusion: 'pleural effusion')")
+    findings.add_argument("--findings-column", metavar="NAME",
+                          help="a column listing the findings present (a list, a JSON list, or names separated by ';', "
+                               "'|' or ','; blank: none); every finding it does not list is absent")
+    findings.add_argument("--findings", metavar="NAME,NAME",
+                          help="with --findings-column: the findings, in this order (default: every name the rows "
+                               "list, sorted); a row listing another is skipped")
+    findings.add_argument("--uncertain", choices=tuple(UNCERTAIN_READINGS), default="negative",
+                          help="--finding-columns: how an uncertain value (-1) is read: negative (default), positive "
+                               "or exclude (the pair is neither scored nor trained)")
+    findings.add_argument("--unmentioned", choices=tuple(UNMENTIONED_READINGS), default="negative",
+                          help="--finding-columns: how a blank value is read: negative (default) or exclude")
 
 
 @dataclass
@@ -69,8 +104,11 @@ def dataset_rows(dataset, where: str, args: argparse.Namespace, split: str | Non
     from datasets import ClassLabel
 
     names = [getattr(args, f"{column}_column") for column, _ in COLUMN_FLAGS if column != "image"]
+    names += [*comma_list(args.finding_columns), args.findings_column]
     columns = [c for c in dict.fromkeys(names) if c and c in dataset.column_names]
     labels = {c: dataset.features[c] for c in columns if isinstance(dataset.features[c], ClassLabel)}
+    label_lists = {c: dataset.features[c].feature for c in columns
+                   if isinstance(getattr(dataset.features[c], "feature", None), ClassLabel)}  # e.g. findings' names
     arrow = dataset.with_format("arrow")
     images = arrow.select_columns([args.image_column]) if args.image_column in dataset.column_names else None
     text = arrow.select_columns(columns)
@@ -79,6 +117,9 @@ def dataset_rows(dataset, where: str, args: argparse.Namespace, split: str | Non
             index = start + offset
             for column, feature in labels.items():
                 row[column] = feature.int2str(row[column]) if row[column] is not None and row[column] >= 0 else None
+            for column, feature in label_lists.items():
+                if row[column] is not None:
+                    row[column] = [feature.int2str(v) for v in row[column] if v is not None and v >= 0]
             if split is not None:
                 row.setdefault(args.split_column, split)
             if images is not None:
@@ -168,34 +209,49 @@ def read_images(value: Any, root: Path | None, several: bool,
 
 # ----------------------------------------------------------------------------- prepare
 def prepare_rows(source: RowSource, out: Path, args: argparse.Namespace, report: PrepReport) -> PrepReport:
-    from datasets import ClassLabel, Value
+    from datasets import ClassLabel, List, Value
 
     key, rows = report.hash_key, source.rows
     if not rows:
         raise PrepError(f"{source.name} has no readable row", report)
     columns = set().union(*(row.keys() for _, row in rows))
-    task_name = args.task or ("classification" if args.label_column in columns else "free_text")
-    target = args.label_column if task_name == "classification" else args.answer_column
-    for column, flag in ((args.image_column, "image"), (target, target_flag(task_name))):
-        if column not in columns:
-            raise PrepError(f"{source.name} has no column {column!r} (it has {', '.join(sorted(columns))}): "
-                            f"name it with --{flag}-column")
-    examples = _examples(rows, args, target, report)
+    task_name = task_name_of(args, columns)
+    require_column(source.name, columns, args.image_column, "image")
+    findings = None
+    if task_name == "findings":
+        findings = FindingsSource.of(rows, columns, source.name, args)
+        read_target = findings.read
+    else:
+        target = args.label_column if task_name == "classification" else args.answer_column
+        require_column(source.name, columns, target, target_flag(task_name))
+        read_target = partial(_text_target, target)
+    examples = _examples(rows, args, read_target, report)
+    classes: list[str] = []
     if task_name == "classification":
         classes = sorted({e["target"] for e in examples})
         if not classes:
             raise PrepError(f"{source.name}: no row has a label", report)
         task, report.task = _own_data.classification_task(classes, args)
 
-        def conversation_of(example: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        def conversation_of(example: dict[str, Any], images: int) -> tuple[list, str, dict[str, Any]]:
             label = classes.index(example["target"])
-            return task.prompt(), task.answer(label), {"label": label}
-    else:
-        classes, task = [], get_task("free_text", args.question, None)
-        report.task = {"name": task.name, "question": task.question}
+            return conversation(task.prompt(), task.answer(label), images=images), task.answer(label), {"label": label}
+    elif task_name == "findings":
+        task, report.task = findings.task(args)
+        report.options.update(findings.options())
 
-        def conversation_of(example: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-            return task.prompt(example["question"]), task.answer(example["target"]), {}
+        def conversation_of(example: dict[str, Any], images: int) -> tuple[list, str, dict[str, Any]]:
+            labels, values = example["target"], list(example["target"].values)
+            return task.messages(values, images=images), task.summary(values), {
+                "finding_labels": values, WHY_NOT_SCORED: list(labels.why_not_scored)}
+    else:
+        task = get_task("free_text", args.question, None, args.protocol)
+        report.task = {"name": task.name, "question": task.question, "protocol": task.protocol}
+
+        def conversation_of(example: dict[str, Any], images: int) -> tuple[list, str, dict[str, Any]]:
+            # the row's own question kept: evaluation asks it anew under another protocol (a benchmark's)
+            prompt, answer = task.prompt(example["question"]), task.answer(example["target"])
+            return conversation(prompt, answer, images=images), answer, {"question": example["question"]}
 
     several = bool(args.series_slices) or holds_image_lists(rows, args.image_column)
 
@@ -208,11 +264,10 @@ def prepare_rows(source: RowSource, out: Path, args: argparse.Namespace, report:
                     continue
                 if image["dicom_how"]:
                     hows.append(image["dicom_how"])
-                prompt, answer, label = conversation_of(example)
+                messages, answer, extra = conversation_of(example, len(image["images"]))
                 yield {"id": example["id"], "group": example["group"],
-                       **_own_data.image_columns(image["images"], several),
-                       "messages": conversation(prompt, answer, images=len(image["images"])), "answer": answer,
-                       **label}
+                       **_own_data.image_columns(image["images"], several), "messages": messages, "answer": answer,
+                       **extra}
         return rows_of_split
 
     for example in examples:
@@ -223,11 +278,20 @@ def prepare_rows(source: RowSource, out: Path, args: argparse.Namespace, report:
     extra = {"group": Value("string")}
     if task_name == "classification":
         extra["label"] = ClassLabel(names=classes)
+    elif task_name == "findings":  # why each pair is not scored: counted once the splits are drawn, not stored
+        extra.update({"finding_labels": List(Value("int8")), WHY_NOT_SCORED: List(Value("string"))})
+    else:
+        extra["question"] = Value("string")
     features = conversation_features(extra, images=_own_data.image_layout(several))
     with staged_output(out, args.overwrite) as staging:
         built = {split: build_split(generate(items, split), features, staging, split)
                  for split, items in sorted(group_by(examples, lambda e: e["split"]).items())}
         dataset_dict = _own_data.complete_splits(built, args, report, "group")
+        if findings:
+            counts = findings.count(dataset_dict)
+            dataset_dict = dataset_dict.remove_columns(WHY_NOT_SCORED)
+            for split in dataset_dict:
+                report.splits[split] = {"per_finding": counts.per_finding(split)}
         _own_data.note_dicom_handling(report, hows)
         save_dataset(dataset_dict, report, staging, classes or None,
                      count_by="label" if task_name == "classification" else None)
@@ -238,8 +302,32 @@ def new_report(dataset: str, source: str, args: argparse.Namespace) -> PrepRepor
     return PrepReport(dataset=dataset, source=source, options=_own_data.split_options(args), hash_key=id_key())
 
 
+def task_name_of(args: argparse.Namespace, columns: set[str]) -> str:
+    """--task, else findings where a findings flag is given, classification where the rows have the label column,
+    free_text. PrepError for findings flags given to another task."""
+    flags = [flag for flag, value in (("--finding-columns", args.finding_columns),
+                                      ("--findings-column", args.findings_column), ("--findings", args.findings))
+             if value]
+    task_name = args.task or ("findings" if flags else
+                              "classification" if args.label_column in columns else "free_text")
+    if flags and task_name != "findings":
+        raise PrepError(f"{flags[0]} is for --task findings, not {task_name}")
+    return task_name
+
+
 def target_flag(task_name: str) -> str:
     return "label" if task_name == "classification" else "answer"
+
+
+def require_column(name: str, columns: set[str], column: str | None, flag: str) -> None:
+    if column not in columns:
+        raise PrepError(f"{name} has no column {column!r} (it has {', '.join(sorted(columns))}): "
+                        f"name it with --{flag}-column")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """`a, b,c` -> [a, b, c] (a flag's names)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 def _text(row: dict[str, Any], column: str | None) -> str:
@@ -247,16 +335,20 @@ def _text(row: dict[str, Any], column: str | None) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _examples(rows: list[Row], args: argparse.Namespace, target: str, report: PrepReport) -> list[dict[str, Any]]:
-    """The rows with a target and a known split (their images are read when the dataset is built); the others
-    are skipped."""
+def _text_target(column: str, row: dict[str, Any]) -> tuple[str, str | None]:
+    value = _text(row, column)
+    return value, None if value else f"empty {column}"
+
+
+def _examples(rows: list[Row], args: argparse.Namespace, read_target: Callable[[dict[str, Any]], tuple[Any, Any]],
+              report: PrepReport) -> list[dict[str, Any]]:
+    """The rows with a target (`read_target`: the row's label, answer or findings, else why it has none) and a known
+    split (their images are read when the dataset is built); the others are skipped."""
     examples = []
     for index, (where, row) in enumerate(rows):
-        value, split = _text(row, target), _text(row, args.split_column).lower()
-        problem = None
-        if not value:
-            problem = f"empty {target}"
-        elif split and split not in _own_data.SPLIT_NAMES:
+        split = _text(row, args.split_column).lower()
+        value, problem = read_target(row)
+        if not problem and split and split not in _own_data.SPLIT_NAMES:
             problem = f"unknown split {split[:20]!r} (train, validation or test)"
         if problem:
             report.skip(where, problem)
@@ -285,3 +377,150 @@ def _keep_groups_in_one_split(examples: list[dict[str, Any]], report: PrepReport
         else:
             report.skip(example["where"], f"its group is also in {home[example['group']]}: a group stays in one split")
     return kept
+
+
+# ----------------------------------------------------------------------------- findings
+WHY_NOT_SCORED = "why_not_scored"  # a column of the splits while they are built, for the counts per finding
+CELL_CODES = {"yes": "1", "true": "1", "no": "0", "false": "0"}  # words a finding column may hold, as codes
+
+
+@dataclass(frozen=True)
+class FindingsSource:
+    """Where the rows hold their findings and how they are read: `column`, a list of the findings present (every
+    other is absent), or where it is None one column per finding (`names`), read by `policy`. `names`: each
+    finding as the rows spell it, in label order; `keys`: the same as metric keys (Pleural_Effusion:
+    pleural_effusion)."""
+    names: tuple[str, ...]
+    keys: tuple[str, ...]
+    column: str | None
+    policy: LabelPolicy
+
+    @classmethod
+    def of(cls, rows: list[Row], columns: set[str], source: str, args: argparse.Namespace) -> "FindingsSource":
+        """From the flags: --finding-columns, or --findings-column with --findings (default: every finding the rows
+        list, sorted). PrepError for neither, both, or a column the rows do not have."""
+        policy = LabelPolicy.of(args)
+        if bool(args.finding_columns) == bool(args.findings_column):
+            raise PrepError("--task findings reads one column per finding (--finding-columns NAME,NAME,...) or a "
+                            "column listing the findings present (--findings-column NAME)" +
+                            (": give one of them, not both" if args.finding_columns else ""))
+        if args.findings and not args.findings_column:
+            raise PrepError("--findings names the findings of --findings-column; with --finding-columns, the "
+                            "columns are the findings")
+        if args.finding_columns:
+            names = comma_list(args.finding_columns)
+            keys = _keys(names, "--finding-columns")
+            missing = [name for name in names if name not in columns]
+            if missing:
+                raise PrepError(f"{source} has no finding column {missing[0]!r} (it has "
+                                f"{', '.join(sorted(columns))}): name the columns with --finding-columns")
+            return cls(tuple(names), keys, None, policy)
+        require_column(source, columns, args.findings_column, "findings")
+        names = comma_list(args.findings) or _listed_names(rows, args.findings_column)
+        if not names:
+            raise PrepError(f"{source}: no row lists a finding in {args.findings_column!r}: name them with --findings")
+        return cls(tuple(names), _keys(names, "--findings"), args.findings_column, policy)
+
+    def read(self, row: dict[str, Any]) -> tuple[FindingLabels | None, str | None]:
+        """(the row's labels, None), or (None, why they cannot be read: a value that is no label, a finding not
+        among these, none scored)."""
+        if self.column is None:
+            read = []
+            for name in self.names:
+                code = cell_code(row.get(name))
+                try:
+                    read.append(self.policy.read_one(code))
+                except ValueError:
+                    return None, (f"unreadable finding value: {name} is {code[:40]!r} (1, 0, -1, yes, no, true, false "
+                                  "or blank)")
+            labels = FindingLabels.of(read)
+        else:
+            listed, problem = listed_findings(row.get(self.column))
+            if problem:
+                return None, problem
+            unknown = [name for name in listed if finding_key(name) not in self.keys]
+            if unknown:
+                return None, f"unknown finding: {unknown[0][:40]!r} (not one of --findings)"
+            present = {finding_key(name) for name in listed}
+            labels = FindingLabels.of([(PRESENT if key in present else ABSENT, "") for key in self.keys])
+        if not labels.scored:
+            return None, f"every finding excluded ({', '.join(sorted(set(labels.why_not_scored)))})"
+        return labels, None
+
+    def task(self, args: argparse.Namespace):
+        """The findings task (--question, --protocol; --option KEY=TEXT or the recipe's task.options: the phrase a
+        finding is asked by, else its name lower-cased, underscores as spaces), and the prep report's task block."""
+        given = {finding_key(name): text for name, text in _own_data.option_texts(args).items()}
+        unknown = sorted(set(given) - set(self.keys))
+        if unknown:
+            raise PrepError(f"--option {unknown[0]}: no such finding (findings: {', '.join(self.keys)})")
+        options = {key: given.get(key) or " ".join(name.replace("_", " ").lower().split())
+                   for key, name in zip(self.keys, self.names)}
+        try:
+            task = get_task("findings", args.question, options, args.protocol)
+        except ValueError as e:
+            raise PrepError(f"--task findings: {e}") from None
+        return task, {"name": task.name, "question": task.question,
+                      "options": dict(zip(task.class_names, task.findings)), "protocol": task.protocol}
+
+    def options(self) -> dict[str, Any]:
+        """How the findings were read, for the prep report."""
+        if self.column is None:
+            return {"finding_columns": list(self.names), "uncertain": self.policy.uncertain,
+                    "unmentioned": self.policy.unmentioned}
+        return {"findings_column": self.column, "findings": list(self.names)}
+
+    def count(self, dataset_dict) -> FindingCounts:
+        """Per split and finding, the rows written with it present, absent and not scored, and why not scored."""
+        counts = FindingCounts(self.keys)
+        for split, dataset in dataset_dict.items():
+            for values, why in zip(dataset["finding_labels"], dataset[WHY_NOT_SCORED]):
+                counts.add(split, FindingLabels(tuple(values), tuple(why)))
+        return counts
+
+
+def cell_code(value: Any) -> str:
+    """A finding column's value as a CheXpert-style code: yes/true -> 1, no/false -> 0, None or NaN -> blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    return CELL_CODES.get(text.lower(), text)
+
+
+def listed_findings(value: Any) -> tuple[list[str], str | None]:
+    """The names a findings-list value holds (a list, a JSON list, or names separated by ';', '|' or ','; blank or
+    empty: none), else ([], why not)."""
+    if value is None:
+        return [], "no findings list"
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [], "unreadable findings list: not a JSON list"
+    items = value if isinstance(value, (list, tuple)) else re.split(r"[;|,]", str(value))
+    if not all(isinstance(item, str) for item in items):
+        return [], "unreadable findings list: an item is not a name"
+    return [" ".join(item.split()) for item in items if item.strip()], None
+
+
+def _listed_names(rows: list[Row], column: str) -> list[str]:
+    """Every finding the rows' lists name, sorted by key, each spelled as first seen."""
+    spelling: dict[str, str] = {}
+    for _, row in rows:
+        listed, problem = listed_findings(row.get(column))
+        for name in [] if problem else listed:
+            spelling.setdefault(finding_key(name), name)
+    return [spelling[key] for key in sorted(spelling) if key]
+
+
+def _keys(names: list[str], flag: str) -> tuple[str, ...]:
+    """The findings' metric keys; PrepError for a name that makes none, or two names that make the same."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = finding_key(name)
+        if not key:
+            raise PrepError(f"{flag}: {name!r} is no finding's name")
+        if key in seen:
+            raise PrepError(f"{flag}: {seen[key]!r} and {name!r} are the same finding ({key})")
+        seen[key] = name
+    return tuple(seen)

@@ -1,5 +1,5 @@
-"""A dataset in the Hugging Face format (VQA-RAD, SLAKE, PathVQA, PMC-VQA, your own), for the `classification`
-or `free_text` task:
+"""A dataset in the Hugging Face format (VQA-RAD, SLAKE, PathVQA, PMC-VQA, your own), for the `classification`,
+`free_text` or `findings` task:
 
     --src org/name           a dataset on the Hub (--config, --revision); with HF_HUB_OFFLINE=1 read from the local
                              Hugging Face cache (the snapshot `hf download` or `snapshot_download` left there)
@@ -11,7 +11,8 @@ or `free_text` task:
 
 Images as `datasets.Image` (embedded bytes, or paths inside the source's folder), a list of images (several an
 example), or a column of paths; the other columns by the flags of `data_prep table` (data_prep/_tabular.py:
---label-column, --answer-column, --question-column, --split-column, --group-column, --id-column). The dataset's
+--label-column, --answer-column, --question-column, --split-column, --group-column, --id-column; for findings
+--finding-columns or --findings-column, whose list may be a list of names or of class labels). The dataset's
 own splits are kept (train, validation and test, and the aliases val, valid, dev); a missing validation or test
 split is drawn from train, per class and by group, as `table` draws it; a split by any other name is not read
 (the report names it). Rows without an image, with unreadable image bytes or an empty answer are skipped,

@@ -85,7 +85,7 @@ def read_csv(path: Path, columns: tuple[str, ...], report: PrepReport,
     return rows
 
 
-def _find(src: Path, name: str) -> Path:
+def find_csv(src: Path, name: str) -> Path:
     """The CSV as published (.csv.gz), or unzipped (.csv)."""
     for path in (src / name, src / name.removesuffix(".gz")):
         if path.is_file():
@@ -169,8 +169,8 @@ def _read_study_job(job):  # Pool.imap takes one picklable argument
 # ----------------------------------------------------------------------------- prepare
 def list_studies(src: Path, views: list[str], report: PrepReport) -> list[Study]:
     """Studies with at least one image of the wanted views, from the split and metadata CSVs."""
-    split_rows = read_csv(_find(src, SPLIT_CSV), ("dicom_id", "study_id", "subject_id", "split"), report)
-    metadata = read_csv(_find(src, METADATA_CSV), ("dicom_id",), report,
+    split_rows = read_csv(find_csv(src, SPLIT_CSV), ("dicom_id", "study_id", "subject_id", "split"), report)
+    metadata = read_csv(find_csv(src, METADATA_CSV), ("dicom_id",), report,
                         may_be_empty=("ViewPosition", "StudyDate", "StudyTime"))
     view_of = {r["dicom_id"]: r["ViewPosition"] for r in metadata}
     when_of = {r["dicom_id"]: f"{r['StudyDate']}{r['StudyTime'].split('.')[0].zfill(6)}" if r["StudyDate"] else ""
@@ -386,7 +386,7 @@ def expected_sections(variant: int, indication: str, findings: str, impression: 
     return ReportSections(indication, "" if variant == 4 else findings, impression)
 
 
-def _dicom_id(rng: np.random.Generator) -> str:
+def synthetic_dicom_id(rng: np.random.Generator) -> str:
     return "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, 5))
 
 
@@ -412,7 +412,7 @@ def synthesize(out: Path, seed: int = 0, subjects: int = 30, size: tuple[int, in
                 synthetic_report(variant, indication, *_FINDINGS[finding]), encoding="utf-8")
             views = ["AP" if n % 4 == 0 else "PA"] + (["LATERAL"] if n % 2 else []) + (["AP"] if n % 7 == 0 else [])
             for view in views:
-                dicom_id = _dicom_id(rng)
+                dicom_id = synthetic_dicom_id(rng)
                 picture = synthetic_film(finding, rng, size if view != "LATERAL" else size[::-1])
                 picture.save(study_dir / f"{dicom_id}.jpg", quality=90)
                 split_rows.append((dicom_id, study, subject, split))
@@ -440,7 +440,7 @@ def _break_some(out: Path, rng: np.random.Generator, split_rows: list, meta_rows
             path = study_dir.parent / f"s{study}.txt"
             path.write_bytes(report if isinstance(report, bytes) else report.encode())
         for view in views:
-            dicom_id = _dicom_id(rng)
+            dicom_id = synthetic_dicom_id(rng)
             synthetic_film(0, rng, size).save(study_dir / f"{dicom_id}.jpg", quality=90)
             split_rows.append((dicom_id, study, subject, "train"))
             meta_rows.append((dicom_id, subject, study, view))

@@ -1,4 +1,4 @@
-"""The `medtune` command: prepare | train | sweep | eval | export | inspect | demo.
+"""The `medtune` command: prepare | train | sweep | bench | eval | export | inspect | compare | demo.
 
 Heavy libraries load only once the arguments and the recipe are known to be good.
 """
@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(sweep)
     sweep.add_argument("--launcher", help='how to start each run, e.g. "accelerate launch --config_file '
                                           'accelerate_configs/multi_gpu.yaml --num_processes 2" (default: python)')
+
+    bench = commands.add_parser("bench", help="a benchmark suite (the model card's) on a base model and its adapters, "
+                                              "beside the published figures", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
 
     evaluate = commands.add_parser("eval", help="evaluate a base model or an adapter on the recipe's eval split")
     _recipe_arguments(evaluate)
@@ -138,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             from medtune.train import main as train_main
 
             return train_main([args.recipe, *args.overrides])
+        if args.command == "bench":
+            from medtune.bench import main as bench_main
+
+            return bench_main(args.args)
         if args.command == "sweep":
             from medtune.sweep import run_sweep
 

@@ -22,7 +22,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from medtune.errors import MedtuneError
 from medtune.pixels import model_ready
-from medtune.prompts import is_plain, plain_completion, prompt_text
+from medtune.prompts import is_plain, plain_completion, prompt_text, single_questions
 from medtune.rows import row_images, takes_images, tokenizer_of
 
 IGNORE_INDEX = -100
@@ -31,9 +31,15 @@ IGNORE_INDEX = -100
 @dataclass
 class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
     pixels: Callable | None = None  # medtune.pixels.ModelPixels: images as the model-ready processor takes them
+    # a row's user turns are separate questions about its image (chest X-ray findings): each is rendered alone,
+    # then the questions of a row are packed into one sequence that shares the image (medtune/shared_prefix.py)
+    independent_questions: bool = False
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         examples = [self._example(e) for e in examples]  # new dicts: TRL edits them, the dataset's rows stay intact
+        groups = None
+        if self.independent_questions:
+            examples, groups = self._questions_alone(examples)
         if not takes_images(self.processor):
             batch = self._collate_text_only(examples)
         else:
@@ -51,7 +57,22 @@ class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
         labels, ids = batch["labels"], batch["input_ids"]
         after_end_of_turn = (ids[:, :-1] == end_of_turn) & (labels[:, 1:] != IGNORE_INDEX)
         labels[:, 1:][after_end_of_turn] = IGNORE_INDEX
+        if groups is not None:
+            from medtune.shared_prefix import pack_questions
+
+            batch = pack_questions(batch, groups, [len(e["images"]) for e in examples],
+                                   tokenizer_of(self.processor).pad_token_id)
         return batch
+
+    @staticmethod
+    def _questions_alone(examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+        """Each example's questions as examples of their own (its images with each), and which belong together."""
+        alone, groups = [], []
+        for example in examples:
+            questions = single_questions(example["messages"])
+            groups.append(list(range(len(alone), len(alone) + len(questions))))
+            alone += [{"messages": messages, "images": example["images"]} for messages in questions]
+        return alone, groups
 
     def _example(self, row: dict[str, Any]) -> dict[str, Any]:
         """A row as TRL's collator takes it: the conversation (or, for a pt model, prompt and completion) and the
@@ -75,9 +96,11 @@ class AnswerOnlyCollator(DataCollatorForVisionLanguageModeling):
         return {**batch, "labels": labels}
 
 
-def build_collator(processor, max_length: int | None = None, pixels: Callable | None = None) -> AnswerOnlyCollator:
+def build_collator(processor, max_length: int | None = None, pixels: Callable | None = None,
+                   independent_questions: bool = False) -> AnswerOnlyCollator:
     """`processor` and `pixels` as `medtune.pixels.model_ready_inputs` gives them (or the plain processor alone:
-    images go through its image processor)."""
+    images go through its image processor); `independent_questions` as the task says (its rows' user turns are
+    questions asked alone)."""
     if is_plain(processor):
         if not takes_images(processor):
             raise MedtuneError("model.prompt_format: a text-only model trains in its chat form; remove the key "
@@ -89,4 +112,4 @@ def build_collator(processor, max_length: int | None = None, pixels: Callable | 
     except ValueError as e:
         raise MedtuneError(f"the model's chat template cannot be trained on the answer only: {e}") from None
     return AnswerOnlyCollator(processor=processor, max_length=max_length, assistant_only_loss=True,
-                              chat_template=template, pixels=pixels)
+                              chat_template=template, pixels=pixels, independent_questions=independent_questions)

@@ -36,14 +36,24 @@ def comparison_table(rows: list[list[str]], notes: list[str] = ()) -> str:
     return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else [])) + "\n"
 
 
-def report_results(recipe: Recipe, task, results: dict[str, dict], test_set) -> str:
-    """eval/comparison.md (out-of-box against fine-tuned) and the tracker's copy of the evaluation; the table."""
+BENCHMARKS_HEADING = "### Benchmarks"
+
+
+def report_results(recipe: Recipe, task, results: dict[str, dict], test_set, benchmarks: dict | None = None) -> str:
+    """eval/comparison.md (out-of-box against fine-tuned, and the benchmarks of `eval.benchmarks` where they ran)
+    and the tracker's copy of the evaluation; the table."""
     from medtune import tracking
 
     eval_dir = run_folder.eval_dir(recipe.output_dir)
     rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
     table = comparison_table(rows, unavailable_notes(task, *results.values()))
+    if benchmarks is not None:
+        from medtune.bench import read_results
+
+        _, bench_table = read_results(recipe.output_dir)
+        table += (f"\n{BENCHMARKS_HEADING} (suite {benchmarks['suite']}, each with its protocol; published and "
+                  f"measured figures in percent)\n\n{bench_table}")
     eval_dir.mkdir(parents=True, exist_ok=True)
     run_folder.comparison_path(recipe.output_dir).write_text(table, encoding="utf-8")
-    tracking.log_evaluation(recipe, results, COMPARISON_COLUMNS, rows, table, eval_dir, test_set)
+    tracking.log_evaluation(recipe, results, COMPARISON_COLUMNS, rows, table, eval_dir, test_set, benchmarks)
     return table

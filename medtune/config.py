@@ -39,6 +39,10 @@ class TaskSection:
     # classification: class -> the option text the model reads (`smooth_muscle: smooth muscle`); classes left
     # out keep the dataset's text. `python -m data_prep ... --recipe` writes them into the prompts.
     options: dict | None = None
+    # the prompts asked and the answer form trained and read: the task's `medtune` (its default), or the prompts
+    # MedGemma's published figures were measured with (`medgemma-...`: medtune/tasks/_medgemma_prompts.py). None:
+    # as the data was prepared (its prompts were written then; data_prep ... --protocol or --recipe chooses)
+    protocol: str | None = None
 
 
 @dataclass
@@ -102,7 +106,7 @@ class EvalSection:
     # scores each option (classification tasks only): faster, never unparsable, gives AUROC
     mode: Literal["generate", "score"] = "generate"
     # rows; None: 16 images' worth when generating (16 rows of text), when scoring on a GPU as many images as fit
-    # (16 to 64), at least one row (evaluation.default_batch_size)
+    # (16 to 64), at least one row (inference.default_batch_size)
     batch_size: int | None = field(default=None, metadata=_range(1))
     max_new_tokens: int | None = field(default=None, metadata=_range(1))  # None: the task's default
     # processes that decode and preprocess the next batches' images while the model runs; 0: none (in the main
@@ -111,6 +115,11 @@ class EvalSection:
     # validation during training (training.eval_strategy): tasks without options (reports) are scored on the
     # task metric by greedy generation, on this many validation rows (generation is slow)
     validation_generations: int = field(default=32, metadata=_range(1))
+    # benchmarks run on the base model and the fine-tuned adapter after the task's own evaluation, each with its
+    # protocol (medtune/bench.py): a suite file (recipes/benchmarks/medgemma-card.yaml), or a list of the card
+    # suite's benchmarks ([medqa, slake]); null: none. What a fine-tune cost on everything else
+    benchmarks: str | list | None = None
+    benchmark_data: str = "data"  # where each benchmark's prepared folder is (BENCHMARK_DATA/<name>)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def pixel_batches(dataset, processor, batch_size: int, num_workers: int | None, 
     import torch
     from torch.utils.data import DataLoader
 
-    from medtune.evaluation import default_num_workers
+    from medtune.inference import default_num_workers
 
     if "image" not in dataset.column_names:
         raise MedtuneError("MedSigLIP takes one image an example: this dataset has none, or several (images)")

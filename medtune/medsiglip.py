@@ -24,7 +24,7 @@ METHODS = {"probe": ("linear probe", "classifier on the image embeddings"),
 MEDGEMMA_ONLY_KEYS = {
     "model": ("attn_implementation", "vision_attn_implementation", "compile_decoder_layers", "prompt_format"),
     "lora": ("target_modules", "adapt_vision_tower", "train_projector"), "quantization": None,  # None: any key
-    "eval": ("mode", "max_new_tokens", "validation_generations"), "export": ("merge",),
+    "eval": ("mode", "max_new_tokens", "validation_generations", "benchmarks"), "export": ("merge",),
 }
 
 

@@ -9,6 +9,7 @@ from medtune.config import Recipe
 from medtune.errors import MedtuneError
 from medtune.medsiglip import VISION_LORA_TARGETS
 from medtune.rows import tokenizer_of
+from medtune.shared_prefix import install_branch_masks
 from medtune.tiny import TINY_TWINS, tiny_checkpoint_dir
 
 VISION_TOWER = "model.vision_tower"  # SigLIP, in Gemma 3's module tree
@@ -119,7 +120,11 @@ def load_model(recipe: Recipe, precision: str, quantize: bool | None = None):
         kwargs["device_map"] = {"": PartialState().device}
     auto_class = AutoModelForCausalLM if is_text_only(recipe) else AutoModelForImageTextToText
     with hub_errors(recipe.model.name_or_path):
-        return auto_class.from_pretrained(model_path(recipe), **kwargs)
+        model = auto_class.from_pretrained(model_path(recipe), **kwargs)
+    encode_each_distinct_image_once(model)
+    if vision_tower(model) is not None:  # packed questions about one image (medtune/shared_prefix.py)
+        install_branch_masks(model.model)
+    return model
 
 
 def lora_config(recipe: Recipe, text_only: bool = False):
@@ -211,6 +216,42 @@ def keep_frozen_vision_tower_out_of_autograd(model) -> None:
         return forward
 
     _route_forward(tower, "medtune_frozen_tower", choose)
+
+
+def encode_each_distinct_image_once(model) -> None:
+    """The vision tower encodes each image of a batch once where the same image follows itself: the questions
+    evaluation asks of one image (a chest X-ray's findings, a VQA image's questions) sit together in a batch, and
+    the tower's 4,096 patches an image (at 896 px) cost more than a question's whole language-model pass. Exact:
+    the copies get the features their image would have got (a gather, which autograd follows where the tower
+    trains). A batch without repeats runs as before, after one comparison of neighbouring images."""
+    import torch
+
+    tower = vision_tower(model)
+    if tower is None:  # a text-only model
+        return
+
+    def choose(forward):
+        def encode_distinct(pixel_values, *args, **kwargs):
+            if pixel_values.shape[0] < 2:
+                return forward(pixel_values, *args, **kwargs)
+            repeats = (pixel_values[1:] == pixel_values[:-1]).flatten(1).all(dim=1)
+            if not bool(repeats.any()):
+                return forward(pixel_values, *args, **kwargs)
+            first = torch.cat([repeats.new_ones(1), ~repeats])  # where a new image starts
+            which = first.cumsum(0) - 1  # each image's distinct image
+            out, distinct = forward(pixel_values[first], *args, **kwargs), int(first.sum())
+
+            def spread(value):  # a distinct image's tensor to each of its copies (hidden states: each layer's)
+                if isinstance(value, tuple):
+                    return tuple(spread(v) for v in value)
+                return value[which] if isinstance(value, torch.Tensor) and value.shape[:1] == (distinct,) else value
+
+            for key, value in out.items():
+                out[key] = spread(value)
+            return out
+        return encode_distinct
+
+    _route_forward(tower, "medtune_distinct_images", choose)
 
 
 def compile_decoder_layers(model) -> None:

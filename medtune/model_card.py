@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from medtune import medsiglip, run_folder
+from medtune.bench import read_results
 from medtune.config import Recipe
 from medtune.data import CAPS
 from medtune.run_folder import read_json
@@ -142,17 +143,30 @@ def card_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the card's parts
-def eval_results(recipe: Recipe, finetuned: dict[str, Any]) -> list:
-    """One `EvalResult` per numeric fine-tuned metric: what the Hub's evaluation widget shows."""
+def eval_results(recipe: Recipe, finetuned: dict[str, Any], benchmarks: dict[str, Any] | None = None) -> list:
+    """One `EvalResult` per numeric fine-tuned metric, and one per benchmark of `eval.benchmarks` (its metric, on its
+    dataset's Hub id): what the Hub's evaluation widget shows."""
     from huggingface_hub import EvalResult
+
+    from medtune.suite import suite_of, task_of
 
     task = task_for(recipe.task)
     task_type, title = HUB_TASK_TYPES.get(task.kind, "image-text-to-text"), dataset_title(task.dataset)
     values = {k: v for k, v in finetuned.get("metrics", {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
-    return [EvalResult(task_type=task_type, dataset_type=task.dataset, dataset_name=title,
-                       dataset_split=recipe.eval.split, metric_type=name, metric_name=name, metric_value=value)
-            for name, value in values.items()]
+    entries = [EvalResult(task_type=task_type, dataset_type=task.dataset, dataset_name=title,
+                          dataset_split=recipe.eval.split, metric_type=name, metric_name=name, metric_value=value)
+               for name, value in values.items()]
+    suite = suite_of(recipe.eval.benchmarks) if benchmarks else None
+    for benchmark in suite.benchmarks if suite else ():
+        value = benchmarks["benchmarks"].get(benchmark.name, {}).get("finetuned", {}).get(benchmark.metric)
+        if isinstance(value, (int, float)):
+            kind = HUB_TASK_TYPES.get(task_of(benchmark).kind, "image-text-to-text")
+            entries.append(EvalResult(task_type=kind, dataset_type=benchmark.dataset or benchmark.name,
+                                      dataset_name=benchmark.name, dataset_split=benchmark.split,
+                                      metric_type=benchmark.metric, metric_name=f"{benchmark.name} {benchmark.metric}",
+                                      metric_value=value))
+    return entries
 
 
 def data_line(recipe: Recipe, evaluated: int | None) -> str:
@@ -246,6 +260,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
     eval_dir = run_folder.eval_dir(out_dir)
     results = {name: run_folder.read_result(out_dir, name) for name in ("finetuned", "baseline")}
     results = {name: r for name, r in results.items() if r}
+    benchmarks = (read_results(out_dir) or (None, None))[0]
     base = hub_base_model(recipe.model.name_or_path)
     text_only = not (out_dir / "processor_config.json").is_file()  # a text-only model saves a tokenizer alone
     # what a MedGemma run's card says, unless the run is another family's (MedSigLIP: medtune/medsiglip.py)
@@ -264,7 +279,7 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
         base_model=base, library_name=facts["library_name"], pipeline_tag=facts["pipeline_tag"],
         tags=["medtune", facts["family_tag"], method.lower().replace(" ", "-"), task.name, "medical"], **terms,
         model_name=repo_id.split("/")[-1] if repo_id else out_dir.name,
-        eval_results=eval_results(recipe, results.get("finetuned", {})) or None,
+        eval_results=eval_results(recipe, results.get("finetuned", {}), benchmarks) or None,
         base_model_relation="finetune" if merged else "adapter")
     comparison = run_folder.comparison_path(out_dir)
     url = project_url()

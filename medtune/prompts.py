@@ -22,6 +22,30 @@ def prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m["role"] != "assistant"]
 
 
+def single_questions(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A conversation of several questions about the images of its first turn (user, model, user, model, ...) as
+    one conversation per question, each with its answer and those images before it (a system turn kept in each)."""
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    images = [item for item in turns[0]["content"] if item["type"] == "image"]
+    questions = []
+    for user, answer in zip(turns[::2], turns[1::2]):
+        asked = [item for item in user["content"] if item["type"] != "image"]
+        questions.append([*system, {"role": "user", "content": [*images, *asked]}, answer])
+    return questions
+
+
+def user_turn(text: str, images: int = 0, image_labels: list[str] | None = None) -> dict[str, Any]:
+    """A user turn: its images, then the text. `image_labels`: a text before each image ("Figure A"), as prompts
+    that name their figures lay them out."""
+    content: list[dict[str, Any]] = []
+    for i in range(images):
+        if image_labels:
+            content.append({"type": "text", "text": image_labels[i]})
+        content.append({"type": "image", "text": None})  # the prepared rows' form (data_prep._common.conversation)
+    return {"role": "user", "content": [*content, {"type": "text", "text": text}]}
+
+
 def prompt_text(processor, messages: list[dict[str, Any]]) -> str:
     """The text the model continues (its image placeholders expanded later by the processor)."""
     given = prompt_messages(messages)

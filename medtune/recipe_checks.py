@@ -16,7 +16,7 @@ from typing import Any
 
 from medtune import medsiglip
 from medtune.errors import RecipeError
-from medtune.tasks import data_prep_readers, is_configurable, is_multiple_choice, task_for, task_names
+from medtune.tasks import MEDTUNE_PROTOCOL, data_prep_readers, is_configurable, is_multiple_choice, task_for, task_names
 from medtune.tiny import TINY_TWINS
 
 
@@ -47,13 +47,15 @@ def _check_task_settings(section) -> None:
         raise RecipeError("task.options", "must map each class name to its option text, e.g. {TUM: tumour}")
     if section.options:
         resolved_task(section)  # a task that takes no options refuses them here
+    if section.protocol is not None and not is_configurable(section.name):
+        resolved_task(section)  # an unknown protocol is refused here (a generic task's, once its data is read)
 
 
 def resolved_task(section):
     try:
         return task_for(section)
-    except ValueError as e:  # a generic task shaped by settings it cannot take, or without them
-        raise RecipeError("task.options", str(e)) from None
+    except ValueError as e:  # a generic task shaped by settings it cannot take, or without them; a protocol unknown
+        raise RecipeError("task.protocol" if "protocol" in str(e) else "task.options", str(e)) from None
 
 
 # ----------------------------------------------------------------------------- the prepared data
@@ -90,6 +92,10 @@ def _check_prepared_task(section, prepared: dict[str, Any] | None, data_path: Pa
         raise RecipeError("task.name", f"{section.name} but {data_path} was prepared for {prepared.get('name')}: "
                                        f"set task.name={prepared.get('name')}, or point data.path at "
                                        f"data prepared for {section.name}")
+    if section.protocol is not None and section.protocol != prepared.get("protocol", MEDTUNE_PROTOCOL):
+        raise RecipeError("task.protocol", f"{section.protocol} but {data_path}'s prompts are "
+                                           f"{prepared.get('protocol', 'medtune')}'s: prepare it again with --recipe "
+                                           "(the prompts are written then), or remove task.protocol")
     if not is_configurable(section.name):
         return
     if section.question is not None and section.question != prepared.get("question"):
@@ -109,13 +115,16 @@ def _check_prepared_task(section, prepared: dict[str, Any] | None, data_path: Pa
 
 
 def task_as_prepared(recipe):
-    """The recipe's task section with a generic task's question and classes as the prepared data's prompts hold
-    them (check_data has made sure the recipe's agree); a built-in task's section as it is."""
+    """The recipe's task section with the protocol, and a generic task's question and classes, as the prepared
+    data's prompts hold them (check_data has made sure the recipe's agree)."""
     prepared = prep_report(Path(recipe.data.path)).get("task") or {}
-    if not prepared or not is_configurable(recipe.task.name):
+    if not prepared:
         return recipe.task
+    protocol = recipe.task.protocol or prepared.get("protocol")  # the recipe's agrees (check_data)
+    if not is_configurable(recipe.task.name):
+        return dataclasses.replace(recipe.task, protocol=protocol)
     return dataclasses.replace(recipe.task, question=prepared.get("question"),
-                               options=dict(prepared.get("options") or {}) or None)
+                               options=dict(prepared.get("options") or {}) or None, protocol=protocol)
 
 
 def prep_report(data_path: Path) -> dict[str, Any]:
@@ -129,8 +138,11 @@ def prep_report(data_path: Path) -> dict[str, Any]:
 def check_settings(recipe, raw: dict[str, Any]) -> None:
     """What spans the sections: the model family's keys, option scoring for a multiple-choice task, a repo id to
     push to, a model that can be found."""
+    from medtune.suite import suite_of
+
     task = resolved_task(recipe.task)
     medsiglip.check_family(recipe, raw, task)
+    suite_of(recipe.eval.benchmarks)  # every benchmark checked now, not after training
     if recipe.eval.mode == "score" and not is_multiple_choice(task):
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     if recipe.export.push and not recipe.export.repo_id:

@@ -42,13 +42,17 @@ def split_trace(text: str) -> tuple[str, str]:
     return stripped.split(TRACE_CLOSE, 1)[1], CLOSED
 
 
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 TRACE_METRICS = ("thinking_traces", "unclosed_traces")  # rows of the comparison table, where a model traced
 
 
 def trace_counts(records: list[dict]) -> dict[str, int]:
-    """Metrics for evaluation records (their `trace`), when any answer carried a trace: how many did, how many
-    never closed."""
-    states = [record.get("trace", NO_TRACE) for record in records]
+    """Metrics for evaluation records (their `trace`: one, or one per question a row was asked), when any answer
+    carried a trace: how many did, how many never closed."""
+    states = [state for record in records for state in _as_list(record.get("trace", NO_TRACE))]
     if all(state == NO_TRACE for state in states):
         return {}
     return dict(zip(TRACE_METRICS, (sum(s != NO_TRACE for s in states), sum(s == UNCLOSED for s in states))))

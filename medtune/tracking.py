@@ -67,10 +67,22 @@ def _sample_rows(dataset, predictions_file: Path, n: int):
     return [(p, next(iter(row_images(row)), None)) for p, row in zip(predictions, rows)]
 
 
+def benchmark_scalars(benchmarks: dict | None) -> dict[str, float]:
+    """`bench/<benchmark>/<model>/<metric>` for each number a suite measured, and each adapter's difference."""
+    if not benchmarks:
+        return {}
+    scalars = {f"bench/{name}/{label}/{metric}": value for name, per in benchmarks["benchmarks"].items()
+               for label, metrics in per.items() for metric, value in metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    scalars.update({f"bench/{name}/{label}/difference": d["difference"]
+                    for name, per in benchmarks.get("differences", {}).items() for label, d in per.items() if d})
+    return scalars
+
+
 def log_evaluation(recipe: Recipe, results: dict[str, dict], columns: list[str], comparison: list[list[str]],
-                   table: str, eval_dir: Path, dataset) -> None:
+                   table: str, eval_dir: Path, dataset, benchmarks: dict | None = None) -> None:
     """Add the evaluation to the run the trainer logged to (main process only): the comparison (`columns` and
-    its rows, and as the markdown `table`), metrics, figures and sample predictions."""
+    its rows, and as the markdown `table`), metrics, figures and sample predictions; the benchmarks' figures."""
     from medtune.tasks import task_for
 
     t = recipe.tracking
@@ -89,6 +101,7 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], columns: list[str],
                                       dir=str(recipe.output_dir))
         summary = {f"final/{name}/{k}": v for name, r in results.items()
                    for k, v in r["metrics"].items() if isinstance(v, (int, float))}
+        summary.update(benchmark_scalars(benchmarks))
         run.log(summary)
         run.summary.update(summary)
         run.log({"final/comparison": wandb.Table(columns=columns, data=comparison)})
@@ -108,6 +121,8 @@ def log_evaluation(recipe: Recipe, results: dict[str, dict], columns: list[str],
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(recipe.output_dir / "tensorboard"))
+        for key, value in benchmark_scalars(benchmarks).items():
+            writer.add_scalar(key, value)
         for name, r in results.items():
             for k, v in r["metrics"].items():
                 if isinstance(v, (int, float)):

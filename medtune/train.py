@@ -110,16 +110,39 @@ def run(recipe: Recipe) -> str | None:
     if recipe.eval.baseline:
         with model.disable_adapter():
             results["baseline"] = run_eval("baseline", recipe.model.name_or_path)
+    benchmarks = run_benchmarks(recipe, model, processor)
 
     # ---------------------------------------------------------------- report and export (main process)
     table = None
     if state.is_main_process:
-        table = report_results(recipe, task, results, test_set)
+        table = report_results(recipe, task, results, test_set, benchmarks)
         print(f"adapter and processor: {out_dir}")
         export(out_dir, merge=recipe.export.merge, push=recipe.export.push, repo_id=recipe.export.repo_id,
                private=recipe.export.private)
     state.wait_for_everyone()
     return table
+
+
+def run_benchmarks(recipe: Recipe, model, processor) -> dict | None:
+    """`eval.benchmarks`: the suite on the base model (the adapter off) and the fine-tuned one, each benchmark with
+    its protocol, into OUTPUT_DIR/bench/ (medtune/bench.py); the results on the main process."""
+    import dataclasses
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from medtune.suite import suite_of
+
+    suite = suite_of(recipe.eval.benchmarks)
+    if suite is None:
+        return None
+    from medtune.bench import Variant, run_suite
+
+    variants = [Variant("baseline", model.disable_adapter, is_base=True), Variant("finetuned", nullcontext)]
+    # the task's answer budget (eval.max_new_tokens: 16 for a pneumothorax label) is not a benchmark's: each keeps
+    # its protocol's
+    settings = dataclasses.replace(recipe.eval, max_new_tokens=None)
+    return run_suite(model, processor, suite, Path(recipe.eval.benchmark_data), recipe.output_dir, variants,
+                     recipe.model.name_or_path, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

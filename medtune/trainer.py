@@ -148,7 +148,9 @@ def build_trainer(recipe: Recipe, args, precision: str):
     patience = recipe.training.get("early_stopping_patience")
     trainer = MedtuneTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=validation_set if validating else None,
-        processing_class=processor, data_collator=build_collator(collator_processor, args.max_length, pixels),
+        processing_class=processor,
+        data_collator=build_collator(collator_processor, args.max_length, pixels,
+                                     independent_questions=getattr(task, "independent_questions", False)),
         peft_config=lora_config(recipe, text_only=vision_tower(model) is None),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else None,
         validate=(lambda m: validation_metrics(m, processor, validation_set, task, recipe.eval)) if validating

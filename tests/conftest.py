@@ -144,11 +144,36 @@ def small_medqa(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prepared(small_crc, small_siim, small_mimic, small_imagefolder, small_table, small_medqa):
+def small_cxr_findings(tmp_path_factory):
+    """The synthetic MIMIC-CXR-JPG download with its label CSVs (24 subjects), prepared for the five findings."""
+    from data_prep.mimic_cxr_findings import synthesize
+
+    root = tmp_path_factory.mktemp("cxr-findings-small")
+    synthesize(root / "raw", seed=0)
+    prepare_stand_in(root, "mimic_cxr_findings", root / "raw", "--num-proc", "1")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_findings_table(tmp_path_factory):
+    """The synthetic findings table (one column per finding), prepared for the findings recipe."""
+    from data_prep.table import FINDINGS_STANDIN, synthesize_findings
+
+    root = tmp_path_factory.mktemp("findings-table-small")
+    synthesize_findings(root / "raw", seed=0)
+    prepare_stand_in(root, "table", root / "raw/findings.csv", "--finding-columns", ",".join(FINDINGS_STANDIN),
+                     "--group-column", "patient", "--recipe", str(REPO / "recipes/custom/findings_qlora.yaml"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(small_crc, small_siim, small_mimic, small_imagefolder, small_table, small_medqa, small_cxr_findings,
+             small_findings_table):
     """task name -> a prepared dataset folder for it."""
     return {"tissue_classification": small_crc / "data", "pneumothorax": small_siim / "data",
             "report_generation": small_mimic / "data", "classification": small_imagefolder / "data",
-            "free_text": small_table / "data", "medqa": small_medqa / "data"}
+            "free_text": small_table / "data", "medqa": small_medqa / "data",
+            "cxr_findings": small_cxr_findings / "data", "findings": small_findings_table / "data"}
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_adapter_reloads_with_plain_peft_and_reproduces_the_predictions(demo_run
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medtune.evaluation import generate_answers
+    from medtune.inference import generate_answers
 
     run = _run_dir(demo_run)
     with safe_open(str(run / "adapter_model.safetensors"), "pt") as f:
@@ -90,7 +90,7 @@ def test_export_merge_writes_a_full_model_with_the_same_answers(demo_run):
     from datasets import load_from_disk
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medtune.evaluation import generate_answers
+    from medtune.inference import generate_answers
 
     run = _run_dir(demo_run)
     result = run_cli("medtune", "export", str(run), "--merge")

@@ -85,7 +85,7 @@ def test_a_model_that_thinks_is_evaluated_on_what_follows_its_trace(thinking_dat
 def test_the_pt_form_has_no_turns_and_trains_on_the_report_only(small_mimic, tmp_path):
     from medtune.collator import build_collator
     from medtune.config import load_recipe
-    from medtune.evaluation import PromptInputs
+    from medtune.inference import PromptInputs
     from medtune.model import load_processor
     from medtune.trainer import build_trainer, sft_config
 

@@ -109,7 +109,8 @@ def test_every_source_keeps_its_splits_and_lists_what_it_skipped(prepared_source
                     if not (classification and reason == "empty answer")}
         assert {s["path"]: s["reason"] for s in report["skipped"]} == expected, name
         assert report["skipped_by_reason"] == {reason: 1 for reason in expected.values()}
-    assert reports["saved"]["task"] == {"name": "free_text", "question": "Describe the findings in this image."}
+    assert reports["saved"]["task"] == {"name": "free_text", "question": "Describe the findings in this image.",
+                                        "protocol": "medtune"}
     assert reports["hub-id"]["task"]["options"] == {"benign": "benign", "malignant": "malignant",
                                                     "normal_tissue": "normal tissue"}  # the ClassLabel's names
     vqa = load_from_disk(str(out / "saved"))

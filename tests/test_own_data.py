@@ -192,7 +192,8 @@ def test_table_rows_that_go_wrong_are_skipped_with_their_reason(small_table):
                         "/etc/hostname",
         "table.csv:54": "empty answer", "table.csv:55": "malformed CSV row: 6 fields, the header has 5",
     }
-    assert report["task"] == {"name": "free_text", "question": "Describe the findings in this image."}
+    assert report["task"] == {"name": "free_text", "question": "Describe the findings in this image.",
+                              "protocol": "medtune"}
     dataset = load_from_disk(str(small_table / "data"))
     groups = {name: set(split["group"]) for name, split in dataset.items()}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]

@@ -17,7 +17,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from medtune.collator import build_collator
-from medtune.evaluation import PromptInputs
+from medtune.inference import PromptInputs
 from medtune.pixels import PixelNormalizer, model_ready_inputs
 from medtune.tiny import tiny_checkpoint_dir
 

@@ -14,7 +14,7 @@ from medtune.config import RecipeError, load_recipe, parse_override
 from medtune.sft_fields import sft_config_fields
 from tests.conftest import REPO, run_cli
 
-RECIPES = sorted((REPO / "recipes").glob("*/*.yaml"))
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "benchmarks")  # suites apart
 QLORA = REPO / "recipes" / "tissue_classification" / "qlora.yaml"
 
 

@@ -51,7 +51,7 @@ def test_a_two_image_conversation_counts_image_tokens_per_image_and_trains(with_
     from transformers import AutoProcessor
 
     from medtune.collator import build_collator
-    from medtune.evaluation import PromptInputs
+    from medtune.inference import PromptInputs
     from medtune.tiny import MM_TOKENS, tiny_checkpoint_dir
 
     processor = AutoProcessor.from_pretrained(tiny_checkpoint_dir())
@@ -133,7 +133,7 @@ def test_a_ct_series_becomes_one_example_of_evenly_spaced_slices(ct_series):
 def test_evaluation_batches_count_the_slices(ct_series):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medtune.evaluation import PromptInputs, default_batch_size
+    from medtune.inference import PromptInputs, default_batch_size
     from medtune.rows import images_per_row
     from medtune.tiny import tiny_checkpoint_dir
 

@@ -20,16 +20,23 @@ TINY = ["model.precision=fp32", "quantization.load_in_4bit=false", "lora.alpha=3
 
 
 def test_the_medqa_reader_keeps_each_questions_options_and_skips_broken_lines(small_medqa, tmp_path):
+    from medtune.tasks._medgemma_prompts import A6_MEDQA
+
     data = load_from_disk(str(small_medqa / "data"))
     report = json.loads((small_medqa / "data/prep_report.json").read_text())
     assert {s: v["total"] for s, v in report["splits"].items()} == {"train": 48, "validation": 12, "test": 16}
     assert sorted(s["reason"].split(" ")[0] for s in report["skipped"]) == ["answer_idx", "not", "options"]
+    assert report["task"] == {"name": "medqa", "protocol": "medgemma-medqa"}  # the MedGemma report's prompt
+    assert "test: kept 16 4-option questions; the MedGemma technical report (Table 2) evaluated 1,273" in " ".join(
+        report["notes"])
     row = data["train"][1]
     assert "image" not in data["train"].column_names and "images" not in data["train"].column_names
     assert [item["type"] for item in row["messages"][0]["content"]] == ["text"]
-    prompt = row["messages"][0]["content"][0]["text"]
-    assert all(f"{letter}: {text}" in prompt for letter, text in zip("ABCD", row["options"]))
-    assert row["answer"] == f"{'ABCD'[row['label']]}: {row['options'][row['label']]}"
+    assert row["question"] == "There is a moderate right pleural effusion. Which finding is present?"
+    lines = [row["question"], *(f"({letter}) {text}" for letter, text in zip("ABCD", row["options"]))]
+    assert row["messages"][0]["content"][0]["text"] == A6_MEDQA.format(question="\n".join(lines))
+    assert row["answer"] == f"Final Answer: ({'ABCD'[row['label']]})" and row["options"][row["label"]] == (
+        "pleural effusion")
     missing = run_cli(sys.executable, "-m", "data_prep", "medqa", "--src", str(small_medqa / "raw"), "--out",
                       str(tmp_path / "x"), "--variant", "5_options")
     assert missing.returncode == 2 and "has no train.jsonl" in missing.stderr
@@ -64,7 +71,18 @@ def test_a_text_row_renders_alike_through_a_processor_and_a_tokenizer(small_medq
         assert tokenizer.decode(ids[labels != -100]) == row["answer"] + "<end_of_turn>"
 
 
-def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa, tmp_path):
+@pytest.fixture(scope="module")
+def medqa_letters(small_medqa, tmp_path_factory):
+    """The MedQA stand-in prepared with medtune's protocol: the letter first ("C: text"), which a random model
+    learns in fewer steps than the report's reasoning prompt and "Final Answer: (C)"."""
+    from tests.conftest import prepare_stand_in
+
+    root = tmp_path_factory.mktemp("medqa-letters")
+    prepare_stand_in(root, "medqa", small_medqa / "raw", "--protocol", "medtune")
+    return root / "data"
+
+
+def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(medqa_letters, tmp_path):
     from peft import PeftModel
 
     from medtune.config import load_recipe
@@ -75,8 +93,8 @@ def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa,
 
     run = tmp_path / "run"
     assert train_main(["recipes/medqa/qlora-27b-text.yaml", "model.name_or_path=tiny-27b-text",
-                       f"data.path={small_medqa / 'data'}", f"training.output_dir={run}", "training.num_train_epochs=3",
-                       "eval.max_new_tokens=8", *TINY]) == 0
+                       f"data.path={medqa_letters}", f"training.output_dir={run}", "training.num_train_epochs=3",
+                       "eval.max_new_tokens=16", *TINY]) == 0
     generated = {name: json.loads((run / f"eval/{name}.json").read_text())["metrics"]
                  for name in ("baseline", "finetuned")}
     assert generated["finetuned"]["accuracy"] >= 0.75 > generated["baseline"]["accuracy"]
@@ -85,8 +103,8 @@ def test_the_27b_text_twin_trains_and_evaluates_medqa_by_both_modes(small_medqa,
     recipe = load_recipe(run / "recipe.yaml", ["eval.mode=score", "eval.num_workers=0"])
     model = PeftModel.from_pretrained(load_model(recipe, "fp32"), str(run))
     assert type(model.get_base_model()).__name__ == "Gemma3ForCausalLM"
-    scored = evaluate(model, load_processor(recipe), load_split(recipe, "test"), TASK, recipe.eval, name="scored",
-                      out_dir=tmp_path, model_label="twin")
+    scored = evaluate(model, load_processor(recipe), load_split(recipe, "test"), get_task("medqa", protocol="medtune"),
+                      recipe.eval, name="scored", out_dir=tmp_path, model_label="twin")
     assert scored["metrics"]["accuracy"] >= 0.75 and scored["metrics"]["unparsable"] == 0
     records = [json.loads(line) for line in (tmp_path / "scored_predictions.jsonl").read_text().splitlines()]
     assert all(r["scores"][4] == 0.0 and abs(sum(r["scores"]) - 1) < 1e-6 for r in records)  # 4 options: no E

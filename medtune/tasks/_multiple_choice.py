@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from medtune.tasks import MEDTUNE_PROTOCOL
 
 UNPARSABLE = -1
 
@@ -26,9 +27,19 @@ class MultipleChoiceTask:
     positive_label: int | None = None  # binary tasks: the class whose F1/precision/recall the paper reports
     # data under a data-use agreement (e.g. PhysioNet's MIMIC): its images stay out of trackers by default
     credentialed: bool = False
-    max_new_tokens: int = 16  # an option line is a few tokens; more only wastes generation time
     example_metrics: tuple[str, ...] = ("correct",)  # saved with each prediction
     kind: str = "classification"
+    protocol: str = MEDTUNE_PROTOCOL
+    protocols: tuple[str, ...] = (MEDTUNE_PROTOCOL,)
+    mean_of: dict[str, str] = field(default_factory=lambda: {"accuracy": "correct"})
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 16  # an option line is a few tokens; more only wastes generation time
+
+    @property
+    def answer_prefix(self) -> str:
+        return ""  # the answer is the option line itself
 
     # -------------------------------------------------------------- prompt and answer
     @property

@@ -9,11 +9,12 @@ A metric that cannot be computed is None with `<metric>_unavailable` saying why;
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from medtune.tasks import MEDTUNE_PROTOCOL
 from medtune.tasks._text_metrics import MetricUnavailable, TextAnswers, add_metrics, bleu4, rouge_l, rouge_l_histogram
 
 RADGRAPH_MODEL, RADGRAPH_REWARD = "radgraph-xl", "partial"  # the package's default model; the leaderboards' reward
@@ -30,6 +31,10 @@ class ReportGenerationTask(TextAnswers):
     table_metrics: tuple[str, ...] = ("radgraph_f1", "rouge_l", "bleu4", "empty")  # paper's first
     example_metrics: tuple[str, ...] = ("radgraph_f1", "rouge_l", "bleu4")  # saved with each prediction
     kind: str = "generation"
+    protocol: str = MEDTUNE_PROTOCOL
+    protocols: tuple[str, ...] = (MEDTUNE_PROTOCOL,)
+    # corpus BLEU is not a mean of sentence BLEUs: a bootstrap recomputes it
+    mean_of: dict[str, str] = field(default_factory=lambda: {"radgraph_f1": "radgraph_f1", "rouge_l": "rouge_l"})
 
     # -------------------------------------------------------------- prompt and answer
     def prompt(self, indication: str, prior: bool | None = None) -> str:
