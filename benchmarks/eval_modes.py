@@ -71,7 +71,7 @@ def main() -> None:
     from medgemma_shapes import write_checkpoint  # benchmarks/, beside this script
     from medtune.config import load_recipe
     from medtune.inference import (PromptInputs, default_batch_size, default_num_workers, generate_answers,
-                                   option_first_tokens, score_options)
+                                   score_options, scoring_plan)
     from medtune.model import load_model, resolve_precision
     from medtune.tasks import get_task
     from medtune.tiny import tiny_checkpoint_dir
@@ -124,7 +124,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ 2. the tiny model
     processor = AutoProcessor.from_pretrained(run)
-    option_ids = option_first_tokens(processor.tokenizer, task)
+    option_ids = scoring_plan(processor.tokenizer, task)[1]
     models = {"base (out-of-box)": AutoModelForImageTextToText.from_pretrained(tiny_checkpoint_dir()),
               "fine-tuned adapter": PeftModel.from_pretrained(
                   AutoModelForImageTextToText.from_pretrained(tiny_checkpoint_dir()), str(run))}

@@ -41,6 +41,13 @@ class Variant:
     label: str
     active: Callable[[], Any]  # a context manager factory
     is_base: bool = False
+    # which weights: a result is read back only for the same ones (an adapter retrained into the same folder is
+    # measured anew); empty for the base model, named by its id
+    fingerprint: str = ""
+
+    def model_label(self, base_model: str) -> str:
+        label = base_model if self.is_base else f"{base_model} + {self.label}"
+        return f"{label} [{self.fingerprint}]" if self.fingerprint else label
 
 
 # ----------------------------------------------------------------------------- running
@@ -57,7 +64,9 @@ def run_suite(model, processor, suite: Suite, data_root: Path, out_dir: Path, va
     model_id = hub_base_model(base_model) or base_model  # whose protocol: MedGemma 1.5 is asked its own way
     results: dict[str, Any] = {"suite": suite.name, "source": suite.source, "model": base_model,
                                "data_root": str(data_root), "benchmarks": {}, "protocols": {}, "missing": {},
-                               "skipped": {}}
+                               "skipped": {}, "notes": []}
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        results["notes"].append("measured on the quantized (4-bit) base model: the published figures are of bf16")
     for benchmark in suite.benchmarks:
         prepared = _prepared(benchmark, Path(data_root), processor, model_id)
         if isinstance(prepared, str):
@@ -68,13 +77,14 @@ def run_suite(model, processor, suite: Suite, data_root: Path, out_dir: Path, va
         if limit is not None and limit < len(dataset):
             dataset = dataset.shuffle(seed=0).select(range(limit))
         protocol = task.protocol if len(getattr(task, "protocols", ())) > 1 else None
-        results["protocols"][benchmark.name] = {"task": benchmark.task, "protocol": protocol, "mode": benchmark.mode,
-                                                "metric": benchmark.metric, "split": benchmark.split}
+        results["protocols"][benchmark.name] = {"task": benchmark.task, "kind": task.kind, "protocol": protocol,
+                                                "mode": benchmark.mode, "metric": benchmark.metric,
+                                                "split": benchmark.split, "dataset": benchmark.dataset}
         eval_settings = _settings(settings, benchmark, task)
         measured = {}
         for variant in variants:
-            label = f"{base_model}" if variant.is_base else f"{base_model} + {variant.label}"
-            result = _reuse(bench_dir / benchmark.name, variant.label, label, protocol, len(dataset))
+            label = variant.model_label(base_model)
+            result = _reuse(bench_dir / benchmark.name, variant.label, label, protocol, len(dataset), eval_settings)
             if result is None:
                 with variant.active():
                     result = _evaluate(model, processor, dataset, task, eval_settings, variant.label,
@@ -117,6 +127,11 @@ def _prepared(benchmark: Benchmark, data_root: Path, processor, model_id: str):
         return "a text-only model: its questions show images"
     task = get_task(benchmark.task, prepared.get("question"), prepared.get("options"),
                     benchmark.protocol_for(model_id))
+    if len(dataset) and hasattr(task, "conversations"):
+        try:  # data prepared before rows kept their question cannot be asked under a benchmark's protocol
+            task.conversations(dataset[0])
+        except MedtuneError as e:
+            return f"{e} (`{benchmark.prepare_command(data_root)}`)"
     return dataset, task
 
 
@@ -138,9 +153,10 @@ def _evaluate(model, processor, dataset, task, settings, name: str, out_dir: Pat
     return evaluate(model, processor, dataset, task, settings, name=name, out_dir=out_dir, model_label=label)
 
 
-def _reuse(folder: Path, name: str, label: str, protocol: str | None, n: int) -> dict[str, Any] | None:
-    """The result already written for this model on this benchmark, when it was made the same way (an interrupted
-    suite resumes). Decided on the main process and told to the others, so that every rank does the same."""
+def _reuse(folder: Path, name: str, label: str, protocol: str | None, n: int, settings) -> dict[str, Any] | None:
+    """The result already written for this model (the same weights) on this benchmark, when it was made the same
+    way: protocol, examples, mode and token budget (an interrupted suite resumes). Decided on the main process and
+    told to the others, so that every rank does the same."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -149,8 +165,10 @@ def _reuse(folder: Path, name: str, label: str, protocol: str | None, n: int) ->
     found = None
     if PartialState().is_main_process:
         result = read_json(folder / result_file(name))
-        if result and result.get("model") == label and result.get("n") == n and \
-                result.get("decoding", {}).get("protocol") == protocol:
+        decoding = (result or {}).get("decoding", {})
+        if result and result.get("model") == label and result.get("n") == n and decoding.get("protocol") == protocol \
+                and decoding.get("mode") == settings.mode and decoding.get("max_new_tokens") == (
+                    settings.max_new_tokens if settings.mode == "generate" else None):
             found = result
     return broadcast_object_list([found])[0]
 
@@ -236,6 +254,7 @@ def bench_table(suite: Suite, results: dict[str, Any]) -> str:
     for name, protocol in results.get("protocols", {}).items():
         if protocol.get("protocol"):
             notes.append(f"{name}: protocol {protocol['protocol']}, {protocol['mode']}")
+    notes += results.get("notes", [])
     for name, command in results.get("missing", {}).items():
         notes.append(f"{name}: not prepared — `{command}`")
     for name, why in results.get("skipped", {}).items():
@@ -312,7 +331,7 @@ def variants_of(model, adapters: list[Path]):
         if not (adapter / "adapter_config.json").is_file():
             raise MedtuneError(f"--adapter {adapter} holds no adapter_config.json")
         label = adapter.resolve().name
-        labels.append(label if label not in labels else f"{label}-{len(labels)}")
+        labels.append(label if label not in ("base", *labels) else f"{label}-{len(labels) + 1}")
     if not adapters:
         return model, [Variant("base", nullcontext, is_base=True)]
     from peft import PeftModel
@@ -328,7 +347,30 @@ def variants_of(model, adapters: list[Path]):
         return active
 
     return model, [Variant("base", model.disable_adapter, is_base=True),
-                   *(Variant(label, switched_to(label)) for label in labels)]
+                   *(Variant(label, switched_to(label), fingerprint=adapter_fingerprint(adapter))
+                     for adapter, label in zip(adapters, labels))]
+
+
+def adapter_fingerprint(adapter: Path) -> str:
+    """Which weights an adapter folder holds now: its weight files' sizes and modification times, hashed."""
+    import hashlib
+
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(adapter).glob("adapter_model*"))]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
+def check_adapter_bases(adapters: list[Path], model: str) -> None:
+    """An adapter trained on another base model is refused in one line (before anything loads): its figures would
+    mean nothing. Compared where both are known by a Hub id."""
+    from medtune.model_card import hub_base_model
+
+    ours = hub_base_model(model) or model
+    for adapter in adapters:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")) \
+            if (adapter / "adapter_config.json").is_file() else {}
+        theirs = config.get("base_model_name_or_path") or ""
+        if "/" in ours and "/" in theirs and not Path(theirs).exists() and theirs != ours:
+            raise MedtuneError(f"--adapter {adapter} was trained on {theirs}, not {ours}: pass --model {theirs}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             suite = suite.only([name.strip() for name in args.only.split(",") if name.strip()])
         recipe = bench_recipe(args)
+        check_adapter_bases(args.adapter, recipe.model.name_or_path)
+        import torch
+        from accelerate import PartialState
+
+        # the ranks' shared state, made first: on a CPU machine a launch's ranks only form one group when asked
+        # for the CPU (as medtune/train.py does); every later PartialState() is this one
+        PartialState(cpu=not torch.cuda.is_available())
         from medtune.model import load_model, load_processor, resolve_precision
 
         processor = load_processor(recipe)

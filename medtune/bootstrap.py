@@ -60,12 +60,15 @@ def _statistic(task, metric: str, records: list[dict[str, Any]]) -> Callable:
 
     references = [r["reference"] for r in records]
     predictions = [r["parsed"] for r in records]
+    scores = [r.get("scores") for r in records]  # option scoring's: what an AUROC is computed from
+    scored = all(s is not None for s in scores)
 
     def recomputed(weights):
         out = []
         for row in weights:
             chosen = np.repeat(np.arange(len(records)), row)
-            value = task.compute_metrics([references[i] for i in chosen], [predictions[i] for i in chosen])[metric]
+            value = task.compute_metrics([references[i] for i in chosen], [predictions[i] for i in chosen],
+                                         *([[scores[i] for i in chosen]] if scored else []))[metric]
             out.append(np.nan if value is None else float(value))
         return np.array(out)
     return recomputed

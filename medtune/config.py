@@ -269,7 +269,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), check_data: bool = 
     if check_data:
         checks.check_data(recipe)
         recipe.task = checks.task_as_prepared(recipe)  # a generic task's question and classes, from its data
-    checks.check_settings(recipe, raw)
+    checks.check_settings(recipe, raw, check_data)
     return recipe
 
 

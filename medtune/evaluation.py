@@ -31,15 +31,14 @@ def asks_several(task) -> bool:
 def _answer(model, processor, rows, task, mode: str, batch_size: int, max_new_tokens: int, desc: str,
             show: bool, workers: int) -> list[list]:
     """This rank's answers to the questions of `rows`: for each row, a reply (or option scores) per question."""
-    from medtune.inference import (Questions, generate_answers, option_first_tokens, question_order, score_options,
-                                   scored_prefix)
+    from medtune.inference import Questions, generate_answers, question_order, score_options, scoring_plan
 
     order = question_order(task, rows)
     questions = Questions(task, rows, order)
     if mode == "score":
-        option_ids = option_first_tokens(tokenizer_of(processor), task)
+        opening, option_ids = scoring_plan(tokenizer_of(processor), task)
         flat = score_options(model, processor, questions, option_ids, batch_size, desc, show, workers,
-                             answer_prefix=scored_prefix(task))
+                             answer_prefix=opening)
     else:
         flat = generate_answers(model, processor, questions, batch_size, max_new_tokens, desc, show, workers,
                                 stop_after_final_answer=stops_after_final_answer(task))

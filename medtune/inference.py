@@ -168,14 +168,30 @@ class FinalAnswerStop:
     TAIL = 48  # tokens: "Final Answer:" and an answer of a few words
 
     def __init__(self, tokenizer, prompt_length: int):
+        from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
+
         self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        # MedGemma 1.5 may think first: a "Final Answer:" inside its open trace is not the reply's
+        ids = [tokenizer.convert_tokens_to_ids(token) for token in (TRACE_OPEN, TRACE_CLOSE)]
+        self.trace_ids = ids if None not in ids and tokenizer.unk_token_id not in ids else None
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.TAIL):]
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor([ends_its_final_answer(text) for text in texts], device=input_ids.device)
+        done = torch.tensor([ends_its_final_answer(text) for text in texts], device=input_ids.device)
+        if self.trace_ids is not None:
+            done &= ~self._thinking(input_ids[:, self.prompt_length:])
+        return done
+
+    def _thinking(self, generated):
+        """Per row: whether its last trace opened is still open."""
+        import torch
+
+        steps = torch.arange(1, generated.shape[1] + 1, device=generated.device)
+        last_open, last_close = (((generated == token) * steps).amax(dim=1) for token in self.trace_ids)
+        return last_open > last_close
 
 
 def generate_answers(model, processor, questions, batch_size: int, max_new_tokens: int, desc: str,
@@ -202,27 +218,23 @@ def generate_answers(model, processor, questions, batch_size: int, max_new_token
 
 
 # ----------------------------------------------------------------------------- option scoring
-def scored_prefix(task) -> str:
-    """The start of the model's turn that option scoring gives: the answer's opening without its trailing space,
-    which the tokenizer attaches to the option's token ("Final Answer:" then " yes")."""
-    return getattr(task, "answer_prefix", "").rstrip()
-
-
-def option_first_tokens(tokenizer, task) -> list[int]:
-    """The token each option's answer starts with after `scored_prefix(task)` (its letter, `yes`/`no`), tokenised
-    as training tokenised the whole answer; they must differ for scoring to tell them apart."""
-    prefix = getattr(task, "answer_prefix", "")
-    opening = tokenizer(scored_prefix(task), add_special_tokens=False)["input_ids"]
-    ids = []
-    for i in range(len(task.options)):
-        answer = tokenizer(prefix + task.option_line(i), add_special_tokens=False)["input_ids"]
-        if answer[:len(opening)] != opening or len(answer) == len(opening):
-            raise MedtuneError(f"eval.mode=score: {task.name}'s answers do not start with {scored_prefix(task)!r} "
-                               "as a separate token sequence; use eval.mode=generate")
-        ids.append(answer[len(opening)])
-    if len(set(ids)) != len(ids):
-        raise MedtuneError(f"eval.mode=score: the options of {task.name} do not start with distinct tokens")
-    return ids
+def scoring_plan(tokenizer, task) -> tuple[str, list[int]]:
+    """(the text the model's turn is given, the token each option's answer continues it with): the tokens all the
+    options' answers share, tokenised as training tokenised them, then the first token where they part ("Final
+    Answer:" then " yes" / " no"; "Final Answer: (" then "A" / "B", or "Final Answer:" then " (A" / " (B" where the
+    vocabulary merges the bracket with the letter). MedtuneError where no such token tells the options apart."""
+    answers = [tokenizer(getattr(task, "answer_prefix", "") + task.option_line(i), add_special_tokens=False)
+               ["input_ids"] for i in range(len(task.options))]
+    shared = 0
+    while all(len(a) > shared + 1 for a in answers) and len({a[shared] for a in answers}) == 1:
+        shared += 1
+    ids = [a[shared] if len(a) > shared else None for a in answers]
+    opening = tokenizer.decode(answers[0][:shared]) if shared else ""
+    if None in ids or len(set(ids)) != len(ids) or \
+            tokenizer(opening, add_special_tokens=False)["input_ids"] != answers[0][:shared]:
+        raise MedtuneError(f"eval.mode=score: {task.name}'s options do not start with distinct tokens after a "
+                           "shared opening; use eval.mode=generate")
+    return opening, ids
 
 
 def score_options(model, processor, questions, option_ids: list[int], batch_size: int, desc: str,

@@ -148,8 +148,6 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any], benchmarks: dict[str
     dataset's Hub id): what the Hub's evaluation widget shows."""
     from huggingface_hub import EvalResult
 
-    from medtune.suite import suite_of, task_of
-
     task = task_for(recipe.task)
     task_type, title = HUB_TASK_TYPES.get(task.kind, "image-text-to-text"), dataset_title(task.dataset)
     values = {k: v for k, v in finetuned.get("metrics", {}).items()
@@ -157,15 +155,14 @@ def eval_results(recipe: Recipe, finetuned: dict[str, Any], benchmarks: dict[str
     entries = [EvalResult(task_type=task_type, dataset_type=task.dataset, dataset_name=title,
                           dataset_split=recipe.eval.split, metric_type=name, metric_name=name, metric_value=value)
                for name, value in values.items()]
-    suite = suite_of(recipe.eval.benchmarks) if benchmarks else None
-    for benchmark in suite.benchmarks if suite else ():
-        value = benchmarks["benchmarks"].get(benchmark.name, {}).get("finetuned", {}).get(benchmark.metric)
+    # from the run's results alone (not the suite file, which need not be where the run is exported)
+    for name, how in (benchmarks or {}).get("protocols", {}).items():
+        value = benchmarks["benchmarks"].get(name, {}).get("finetuned", {}).get(how["metric"])
         if isinstance(value, (int, float)):
-            kind = HUB_TASK_TYPES.get(task_of(benchmark).kind, "image-text-to-text")
-            entries.append(EvalResult(task_type=kind, dataset_type=benchmark.dataset or benchmark.name,
-                                      dataset_name=benchmark.name, dataset_split=benchmark.split,
-                                      metric_type=benchmark.metric, metric_name=f"{benchmark.name} {benchmark.metric}",
-                                      metric_value=value))
+            entries.append(EvalResult(task_type=HUB_TASK_TYPES.get(how.get("kind"), "image-text-to-text"),
+                                      dataset_type=how.get("dataset") or name, dataset_name=name,
+                                      dataset_split=how["split"], metric_type=how["metric"],
+                                      metric_name=f"{name} {how['metric']}", metric_value=value))
     return entries
 
 

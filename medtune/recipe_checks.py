@@ -135,14 +135,15 @@ def prep_report(data_path: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- across sections
-def check_settings(recipe, raw: dict[str, Any]) -> None:
-    """What spans the sections: the model family's keys, option scoring for a multiple-choice task, a repo id to
-    push to, a model that can be found."""
+def check_settings(recipe, raw: dict[str, Any], check_suite: bool = True) -> None:
+    """What spans the sections: the model family's keys, the benchmark suite (not where a finished run is exported,
+    perhaps elsewhere), option scoring for a multiple-choice task, a repo id to push to, a model that can be found."""
     from medtune.suite import suite_of
 
     task = resolved_task(recipe.task)
     medsiglip.check_family(recipe, raw, task)
-    suite_of(recipe.eval.benchmarks)  # every benchmark checked now, not after training
+    if check_suite:
+        suite_of(recipe.eval.benchmarks)  # every benchmark checked now, not after training
     if recipe.eval.mode == "score" and not is_multiple_choice(task):
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     if recipe.export.push and not recipe.export.repo_id:

@@ -127,9 +127,19 @@ def _benchmark(entry: Any, where: str) -> Benchmark:
         raise RecipeError(f"{where}.prepare", "the command that prepares it, with {data} where its folder goes")
     if entry.get("mode", "generate") not in MODES:
         raise RecipeError(f"{where}.mode", f"{entry['mode']!r} is not one of {', '.join(MODES)}")
-    for mapping in ("protocols", "published"):
-        if not isinstance(entry.get(mapping, {}), dict):
-            raise RecipeError(f"{where}.{mapping}", "must map a model's Hub id to a value")
+    for mapping, kind, example in (("protocols", str, "medgemma-1.5"), ("published", (int, float), "72.3")):
+        value = entry.get(mapping, {})
+        if not isinstance(value, dict) or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise RecipeError(f"{where}.{mapping}", f"must map a model's Hub id to a value such as {example}")
+    if not isinstance(entry.get("metrics", []), list) or not all(isinstance(m, str) for m in entry.get("metrics", [])):
+        raise RecipeError(f"{where}.metrics", "a list of the task's metrics, e.g. [closed_accuracy]")
+    budget = entry.get("max_new_tokens")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise RecipeError(f"{where}.max_new_tokens", f"{budget!r}: a whole number of tokens, at least 1")
+    for key in ("name", "task", "metric", "prepare", "protocol", "split", "data", "dataset", "source"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise RecipeError(f"{where}.{key}", f"{entry[key]!r}: must be text")
     benchmark = Benchmark(**entry)
     task = task_of(benchmark)
     for protocol in {benchmark.protocol, *benchmark.protocols.values()} - {None}:

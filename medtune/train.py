@@ -110,7 +110,12 @@ def run(recipe: Recipe) -> str | None:
     if recipe.eval.baseline:
         with model.disable_adapter():
             results["baseline"] = run_eval("baseline", recipe.model.name_or_path)
-    benchmarks = run_benchmarks(recipe, model, processor)
+    try:
+        benchmarks = run_benchmarks(recipe, model, processor)
+    except MedtuneError as e:  # the task's own evaluation and the export still happen
+        benchmarks = None
+        if state.is_main_process:
+            print(f"medtune: eval.benchmarks not run: {e}", file=sys.stderr)
 
     # ---------------------------------------------------------------- report and export (main process)
     table = None
@@ -137,7 +142,11 @@ def run_benchmarks(recipe: Recipe, model, processor) -> dict | None:
         return None
     from medtune.bench import Variant, run_suite
 
-    variants = [Variant("baseline", model.disable_adapter, is_base=True), Variant("finetuned", nullcontext)]
+    from medtune.bench import adapter_fingerprint
+
+    # the fine-tuned variant named by the adapter just saved: a run retrained into the same folder is measured anew
+    variants = [Variant("baseline", model.disable_adapter, is_base=True),
+                Variant("finetuned", nullcontext, fingerprint=adapter_fingerprint(Path(recipe.output_dir)))]
     # the task's answer budget (eval.max_new_tokens: 16 for a pneumothorax label) is not a benchmark's: each keeps
     # its protocol's
     settings = dataclasses.replace(recipe.eval, max_new_tokens=None)

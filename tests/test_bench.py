@@ -112,3 +112,77 @@ def test_a_fine_tune_with_eval_benchmarks_reports_them_for_base_and_fine_tuned(c
 
     events = EventAccumulator(str(next(run.rglob("events.out.tfevents.*")).parent)).Reload()
     assert any(tag.startswith("bench/slake/") for tag in events.Tags()["scalars"]), events.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("entry, key", [({"published": {"google/medgemma-4b-it": "72.3"}}, "published"),
+                                        ({"metrics": "closed_accuracy"}, "metrics"),
+                                        ({"max_new_tokens": "512"}, "max_new_tokens")])
+def test_a_suite_value_of_the_wrong_type_is_refused_when_the_suite_loads(entry, key, tmp_path):
+    from medtune.errors import RecipeError
+
+    suite = yaml.safe_load(CARD_SUITE.read_text())
+    suite["benchmarks"] = [{**next(b for b in suite["benchmarks"] if b["name"] == "slake"), **entry}]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(RecipeError) as error:
+        load_suite(path)
+    assert error.value.key.endswith(f"(slake).{key}")
+
+
+def test_a_result_is_read_back_only_for_the_same_weights_protocol_examples_and_budget(tmp_path):
+    """What lets an interrupted suite resume, and keeps a retrained adapter or a changed budget from reusing."""
+    import dataclasses
+
+    from medtune.bench import Variant, _reuse, adapter_fingerprint
+    from medtune.config import EvalSection
+
+    adapter = tmp_path / "run"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"first")
+    variant = Variant("run", lambda: None, fingerprint=adapter_fingerprint(adapter))
+    settings = dataclasses.replace(EvalSection(), mode="generate", max_new_tokens=512)
+    result = {"model": variant.model_label("google/medgemma-4b-it"), "n": 10,
+              "decoding": {"mode": "generate", "max_new_tokens": 512, "protocol": "medgemma-slake"}}
+    (tmp_path / "run.json").write_text(json.dumps(result))
+    assert _reuse(tmp_path, "run", result["model"], "medgemma-slake", 10, settings) == result
+    assert _reuse(tmp_path, "run", result["model"], "medgemma-slake", 9, settings) is None  # other examples
+    assert _reuse(tmp_path, "run", result["model"], "medtune", 10, settings) is None
+    assert _reuse(tmp_path, "run", result["model"], "medgemma-slake", 10,
+                  dataclasses.replace(settings, max_new_tokens=8)) is None
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")  # the same folder, trained again
+    again = Variant("run", lambda: None, fingerprint=adapter_fingerprint(adapter))
+    assert again.model_label("google/medgemma-4b-it") != result["model"]
+
+
+def test_an_adapter_of_another_base_model_is_refused_in_one_line(tmp_path):
+    from medtune.bench import check_adapter_bases
+    from medtune.errors import MedtuneError
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "google/medgemma-4b-it"}))
+    check_adapter_bases([tmp_path], "google/medgemma-4b-it")
+    with pytest.raises(MedtuneError, match="was trained on google/medgemma-4b-it, not google/gemma-3-4b-it"):
+        check_adapter_bases([tmp_path], "google/gemma-3-4b-it")
+
+
+@pytest.mark.launches_ranks
+def test_two_ranks_run_a_suite_as_one_process_does(tmp_path):
+    """`accelerate launch --num_processes 2 medtune/bench.py`: each rank answers its share (five rows: one rank's
+    share padded), the main process gathers and writes once; the answers are one process's."""
+    from medtune.bench import prepare_stand_ins
+
+    names = "mimic_cxr_findings,pubmedqa"  # several questions a row (a film's findings), and text alone
+    prepare_stand_ins(CARD.only(names.split(",")), tmp_path / "data", tmp_path / "raw")
+    common = [str(CARD_SUITE), "--model", "tiny", "--data-root", str(tmp_path / "data"), "--only", names,
+              "--limit", "5", "eval.max_new_tokens=4", "eval.num_workers=0", *TINY]
+    ranks = run_cli("accelerate", "launch", "--config_file", "accelerate_configs/multi_gpu.yaml", "--num_processes",
+                    "2", "medtune/bench.py", *common, "--out", str(tmp_path / "ranks"))
+    assert ranks.returncode == 0, ranks.stdout[-3000:] + ranks.stderr[-3000:]
+    assert ranks.stdout.count("| benchmark | n | metric |") == 1  # written once
+    alone = run_cli("medtune", "bench", *common, "--out", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for name in names.split(","):
+        folders = [tmp_path / out / "bench" / name for out in ("ranks", "alone")]
+        results = [json.loads((folder / "base.json").read_text()) for folder in folders]
+        assert [r["decoding"]["processes"] for r in results] == [2, 1] and results[0]["n"] == results[1]["n"] == 5
+        predictions = [sorted((folder / "base_predictions.jsonl").read_text().splitlines()) for folder in folders]
+        assert predictions[0] == predictions[1], name

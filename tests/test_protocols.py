@@ -130,3 +130,19 @@ def test_a_protocol_without_a_context_slot_still_shows_pubmedqas_abstract():
         assert prompt.startswith("Context: Abstract.\nQuestion: Does X cause Y?\n"), protocol
     pubmedqa = get_task("medqa", protocol="medgemma-pubmedqa").row_prompt("Does X cause Y?", ["yes", "no"], "Abstract.")
     assert pubmedqa.count("Abstract.") == 1 and "Context: Abstract. Question: Does X cause Y?" in pubmedqa
+
+
+def test_a_final_answer_inside_an_open_thinking_trace_does_not_stop_the_generation():
+    import torch
+    from transformers import AutoTokenizer
+
+    from medtune.inference import FinalAnswerStop
+    from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
+    from medtune.tiny import tiny_checkpoint_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint_dir())
+    stop = FinalAnswerStop(tokenizer, prompt_length=2)
+    opened, closed = (tokenizer.convert_tokens_to_ids(t) for t in (TRACE_OPEN, TRACE_CLOSE))
+    answer = tokenizer("so Final Answer: (C)\n", add_special_tokens=False)["input_ids"]
+    rows = torch.tensor([[1, 1, 1, 1, *answer], [1, 1, opened, 1, *answer], [1, 1, opened, closed, *answer]])
+    assert stop(rows, None).tolist() == [True, False, True]
