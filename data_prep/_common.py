@@ -30,6 +30,17 @@ class PrepError(Exception):
         self.report = report
 
 
+def require_column(name: str, columns: set[str], column: str | None, flag: str) -> None:
+    if column not in columns:
+        raise PrepError(f"{name} has no column {column!r} (it has {', '.join(sorted(columns))}): "
+                        f"name it with --{flag}-column")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """`a, b,c` -> [a, b, c] (a flag's names)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def read_json_file(path: Path, expected: type, what: str):
     """A download's JSON file whose top level is `expected` (dict or list); PrepError naming the file and `what` it
     should hold otherwise (a truncated download, the wrong file)."""
