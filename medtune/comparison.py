@@ -48,7 +48,7 @@ def report_results(recipe: Recipe, task, results: dict[str, dict], test_set, ben
     rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
     table = comparison_table(rows, unavailable_notes(task, *results.values()))
     if benchmarks is not None:
-        from medtune.bench import read_results
+        from medtune.bench_results import read_results
 
         _, bench_table = read_results(recipe.output_dir)
         table += (f"\n{BENCHMARKS_HEADING} (suite {benchmarks['suite']}, each with its protocol; published and "

@@ -163,7 +163,9 @@ def _prompt_batches(model, processor, questions, batch_size: int, desc: str, sho
 class FinalAnswerStop:
     """A `transformers` stopping criterion (its `StoppingCriteria` interface): a row stops once its reply has stated
     its final answer and ended that line ("Final Answer: (C)" and a newline). A reasoning protocol's reply may go on
-    to explain itself; those tokens are never read. Reads only the tail of each reply, every step."""
+    to explain itself; those tokens are never read. Reads only the tail of each reply, every step. Not
+    transformers' `stop_strings`: the end is a pattern (the answer after the marker, then its line's end), and a
+    marker inside MedGemma 1.5's open thinking trace is not the reply's."""
 
     TAIL = 48  # tokens: "Final Answer:" and an answer of a few words
 

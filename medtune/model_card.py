@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from medtune import medsiglip, run_folder
-from medtune.bench import read_results
+from medtune.bench_results import read_results
 from medtune.config import Recipe
 from medtune.data import CAPS
 from medtune.run_folder import read_json

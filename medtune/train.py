@@ -140,9 +140,7 @@ def run_benchmarks(recipe: Recipe, model, processor) -> dict | None:
     suite = suite_of(recipe.eval.benchmarks)
     if suite is None:
         return None
-    from medtune.bench import Variant, run_suite
-
-    from medtune.bench import adapter_fingerprint
+    from medtune.bench import Variant, adapter_fingerprint, run_suite
 
     # the fine-tuned variant named by the adapter just saved: a run retrained into the same folder is measured anew
     variants = [Variant("baseline", model.disable_adapter, is_base=True),
