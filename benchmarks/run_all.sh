@@ -24,4 +24,9 @@ out="${1:-benchmarks/results.md}"
   for way in packed rows rows-together; do python benchmarks/findings_training.py --images 2 --steps 3 --ways "$way" 2>/dev/null; done
   echo; echo "## The model card's suite (python benchmarks/bench_suite.py)"; echo
   python benchmarks/bench_suite.py 2>/dev/null
+  echo; echo "## GRPO: rollouts and optimizer steps (python benchmarks/grpo_rollouts.py)"; echo
+  python benchmarks/grpo_rollouts.py 2>/dev/null
+  echo; echo "## Served evaluation vs in-process generation (python benchmarks/served_eval.py)"; echo
+  python benchmarks/served_eval.py 2>/dev/null
+  # vLLM: bash benchmarks/serve_vllm.sh (its own 5 GB environment: not run here)
 } | tee "$out"

@@ -10,6 +10,7 @@ The modules by stage, as the data flows (raw download -> data_prep -> train -> e
                   shared_prefix (several questions about one image packed into one sequence)
     model         model (load, quantize, LoRA, the frozen tower out of autograd), tiny (offline twins)
     train         train (`run`, `main`), trainer (arguments, TRL's SFTTrainer with the task's metrics),
+                  grpo (training.method: grpo, TRL's GRPOTrainer), rewards (GRPO's, from the task's own metric),
                   checkpoints, callbacks
     evaluate      evaluation (every rank), inference (batched generation and option scoring), comparison (the
                   out-of-box against fine-tuned table), thinking (MedGemma 1.5's traces)

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script (accelerate launch medtune/benc
 
 from medtune.errors import MedtuneError  # noqa: E402
 from medtune.bench_results import BENCH_DIR, bench_table, write_results  # noqa: E402
+from medtune.served import DEFAULT_IN_FLIGHT  # noqa: E402
 from medtune.suite import Benchmark, Suite  # noqa: E402
 
 DEFAULT_DATA_ROOT = "data"
@@ -44,8 +45,11 @@ class Variant:
     # which weights: a result is read back only for the same ones (an adapter retrained into the same folder is
     # measured anew); empty for the base model, named by its id
     fingerprint: str = ""
+    served: Any = None  # a medtune.served.Server: the model is asked through it, not loaded
 
     def model_label(self, base_model: str) -> str:
+        if self.served is not None:
+            return self.served.label
         label = base_model if self.is_base else f"{base_model} + {self.label}"
         return f"{label} [{self.fingerprint}]" if self.fingerprint else label
 
@@ -87,8 +91,8 @@ def run_suite(model, processor, suite: Suite, data_root: Path, out_dir: Path, va
             result = _reuse(bench_dir / benchmark.name, variant.label, label, protocol, len(dataset), eval_settings)
             if result is None:
                 with variant.active():
-                    result = _evaluate(model, processor, dataset, task, eval_settings, variant.label,
-                                       bench_dir / benchmark.name, label)
+                    result = _evaluate(variant.served or model, processor, dataset, task, eval_settings,
+                                       variant.label, bench_dir / benchmark.name, label)
             if result is not None:
                 measured[variant.label] = result
         if state.is_main_process:
@@ -233,7 +237,28 @@ def build_parser():
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="results go to OUT/bench/")
     parser.add_argument("--only", help="these benchmarks of the suite (comma-separated)")
     parser.add_argument("--limit", type=int, help="at most N examples a benchmark (a seeded sample): a quick look")
+    parser.add_argument("--served", metavar="URL", help="ask models an OpenAI-compatible server serves (vLLM, ...) "
+                                                        "instead of loading them; --model still names the base model "
+                                                        "(its processor and protocol)")
+    parser.add_argument("--served-model", metavar="NAME", action="append", default=[],
+                        help="a served model's name; repeatable: the first is the base model, each later one an "
+                             "adapter of it the server serves (vLLM --lora-modules NAME=DIR)")
+    parser.add_argument("--requests-in-flight", type=int, default=DEFAULT_IN_FLIGHT,
+                        help=f"requests sent at once (default {DEFAULT_IN_FLIGHT})")
     return parser
+
+
+def served_variants(args, processor) -> list[Variant]:
+    """The variants of a served suite: the first served model as the base, the others as its adapters."""
+    from medtune.served import connect, refuse_plain
+
+    if args.adapter:
+        raise MedtuneError("--adapter with --served: the server serves the adapters (vLLM: --lora-modules "
+                           "NAME=DIR); name each with --served-model NAME")
+    refuse_plain(processor)
+    servers = [connect(args.served, name, args.requests_in_flight) for name in (args.served_model or [None])]
+    return [Variant(f"served-{Path(server.model).name or 'model'}", nullcontext, is_base=i == 0, served=server)
+            for i, server in enumerate(servers)]
 
 
 def bench_recipe(args):
@@ -323,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         from medtune.model import load_model, load_processor, resolve_precision
 
         processor = load_processor(recipe)
-        model = load_model(recipe, resolve_precision(recipe.model.precision))
-        model, variants = variants_of(model, args.adapter)
+        if args.served:
+            model, variants = None, served_variants(args, processor)
+        else:
+            model = load_model(recipe, resolve_precision(recipe.model.precision))
+            model, variants = variants_of(model, args.adapter)
         results = run_suite(model, processor, suite, args.data_root, args.out, variants,
                             recipe.model.name_or_path, recipe.eval, args.limit)
     except MedtuneError as e:

@@ -20,6 +20,20 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.name_or_path=tiny")
 
 
+def _served_arguments(parser: argparse.ArgumentParser) -> None:
+    from medtune.served import DEFAULT_IN_FLIGHT, DEFAULT_RETRIES
+
+    parser.add_argument("--served", metavar="URL", help="ask the model an OpenAI-compatible server serves (vLLM, "
+                                                        "transformers serve, ...), e.g. http://localhost:8000")
+    parser.add_argument("--served-model", metavar="NAME", help="the served model's name (default: the one the server "
+                                                               "lists); with vLLM, a --lora-modules NAME for an "
+                                                               "adapter")
+    parser.add_argument("--requests-in-flight", type=int, default=DEFAULT_IN_FLIGHT,
+                        help=f"requests sent at once (default {DEFAULT_IN_FLIGHT})")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                        help=f"retries of a request that timed out or failed (default {DEFAULT_RETRIES})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtune", description="Fine-tune MedGemma with LoRA/QLoRA recipes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a base model or an adapter on the recipe's eval split")
     _recipe_arguments(evaluate)
     evaluate.add_argument("--adapter", type=Path, help="an adapter folder (default: the base model alone)")
-    evaluate.add_argument("--name", help="name of the result files (default: base or adapter)")
+    evaluate.add_argument("--name", help="name of the result files (default: base, adapter or served)")
+    _served_arguments(evaluate)
 
     export = commands.add_parser("export", help="write the model card; optionally merge and push to the Hub")
     export.add_argument("output_dir", type=Path, help="a training run's output_dir")
@@ -84,16 +99,27 @@ def _evaluate(args) -> None:
     medsiglip.refuse_in(recipe, "eval")
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
         raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
+    if args.served and args.adapter:
+        raise MedtuneError("--adapter with --served: the server serves the adapter (vLLM: --lora-modules NAME=DIR); "
+                           "name it with --served-model NAME")
+    # the processor: the served model's prompt (chat template) and, for option scoring, its tokens
     processor, dataset = load_processor(recipe), load_split(recipe, recipe.eval.split)
     check_model_takes(processor, dataset, recipe.model.name_or_path)
-    model = load_model(recipe, resolve_precision(recipe.model.precision))
-    label = recipe.model.name_or_path
+    if args.served:
+        from medtune.served import connect, refuse_plain
+
+        refuse_plain(processor)
+        model = connect(args.served, args.served_model, args.requests_in_flight, args.retries)
+        label = model.label
+    else:
+        model = load_model(recipe, resolve_precision(recipe.model.precision))
+        label = recipe.model.name_or_path
     if args.adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(args.adapter))
         label += f" + {args.adapter}"
-    name = args.name or ("adapter" if args.adapter else "base")
+    name = args.name or ("adapter" if args.adapter else "served" if args.served else "base")
     task = task_for(recipe.task)
     result = evaluate(model, processor, dataset, task, recipe.eval,
                       name=name, out_dir=run_folder.eval_dir(recipe.output_dir), model_label=label)

@@ -1,4 +1,5 @@
-"""The out-of-box against fine-tuned table of a run: its rows (one per metric of the task), the reasons a metric
+"""The out-of-box against fine-tuned table of a run (with the SFT adapter between them, for a GRPO run that started
+from one): its rows (one per metric of the task), the reasons a metric
 is missing, eval/comparison.md, and the tracker's copy of the evaluation. Written once, on the main process,
 after `medtune.evaluation` has scored both models.
 """
@@ -9,17 +10,24 @@ from medtune.config import Recipe
 from medtune.thinking import TRACE_METRICS
 
 COMPARISON_COLUMNS = ["task", "metric", "out-of-box", "fine-tuned"]
+SFT_COLUMN = "SFT adapter"  # a GRPO run's starting point (eval/sft.json), between out-of-box and fine-tuned
 
 
-def comparison_rows(task, baseline: dict | None, finetuned: dict | None) -> list[list[str]]:
-    """task | metric | out-of-box | fine-tuned, one row per metric of the task (the paper's first)."""
+def comparison_columns(results: dict[str, dict]) -> list[str]:
+    """The table's columns: the SFT adapter's where the run evaluated one (GRPO from an SFT run)."""
+    return [*COMPARISON_COLUMNS[:3], SFT_COLUMN, *COMPARISON_COLUMNS[3:]] if results.get("sft") \
+        else COMPARISON_COLUMNS
+
+
+def comparison_rows(task, baseline: dict | None, finetuned: dict | None, sft: dict | None = None) -> list[list[str]]:
+    """task | metric | out-of-box | [SFT adapter |] fine-tuned, one row per metric of the task (the paper's first)."""
     def cell(result, key):
         value = result["metrics"].get(key) if result else None
         return "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
-    shown = [*task.table_metrics, *(key for key in TRACE_METRICS if any(r and key in r["metrics"]
-                                                                       for r in (baseline, finetuned)))]
-    return [[task.name, key, cell(baseline, key), cell(finetuned, key)] for key in shown]
+    models = [baseline, *([sft] if sft else []), finetuned]
+    shown = [*task.table_metrics, *(key for key in TRACE_METRICS if any(r and key in r["metrics"] for r in models))]
+    return [[task.name, key, *(cell(r, key) for r in models)] for key in shown]
 
 
 def unavailable_notes(task, *results: dict | None) -> list[str]:
@@ -29,9 +37,9 @@ def unavailable_notes(task, *results: dict | None) -> list[str]:
     return sorted(notes)
 
 
-def comparison_table(rows: list[list[str]], notes: list[str] = ()) -> str:
+def comparison_table(rows: list[list[str]], notes: list[str] = (), columns: list[str] = COMPARISON_COLUMNS) -> str:
     """The comparison rows as a markdown table, with the reasons for missing metrics under it."""
-    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|---|---|---|"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else [])) + "\n"
 
@@ -45,8 +53,9 @@ def report_results(recipe: Recipe, task, results: dict[str, dict], test_set, ben
     from medtune import tracking
 
     eval_dir = run_folder.eval_dir(recipe.output_dir)
-    rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"))
-    table = comparison_table(rows, unavailable_notes(task, *results.values()))
+    rows = comparison_rows(task, results.get("baseline"), results.get("finetuned"), results.get("sft"))
+    columns = comparison_columns(results)
+    table = comparison_table(rows, unavailable_notes(task, *results.values()), columns)
     if benchmarks is not None:
         from medtune.bench_results import read_results
 
@@ -55,5 +64,5 @@ def report_results(recipe: Recipe, task, results: dict[str, dict], test_set, ben
                   f"measured figures in percent)\n\n{bench_table}")
     eval_dir.mkdir(parents=True, exist_ok=True)
     run_folder.comparison_path(recipe.output_dir).write_text(table, encoding="utf-8")
-    tracking.log_evaluation(recipe, results, COMPARISON_COLUMNS, rows, table, eval_dir, test_set, benchmarks)
+    tracking.log_evaluation(recipe, results, columns, rows, table, eval_dir, test_set, benchmarks)
     return table

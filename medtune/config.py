@@ -1,6 +1,8 @@
 """Recipes: load a YAML file, apply `section.key=value` overrides, validate everything before anything heavy.
 
-A recipe has the sections below; `training` takes any `trl.SFTConfig` field. Validation reports the first
+A recipe has the sections below; `training` takes any `trl.SFTConfig` field, and with `training.method: grpo` the
+training arguments GRPO shares with SFT, GRPO's own keys in the `grpo` section (any `trl.GRPOConfig` field of its own,
+and medtune's rewards: GRPO_KEYS). Validation reports the first
 problem as a `RecipeError` naming the key and the fix; the command line prints it as one line and exits 2.
 Nothing here imports torch, transformers or TRL, so a typo is refused in well under a second.
 """
@@ -21,7 +23,7 @@ from medtune import medsiglip
 from medtune import recipe_checks as checks
 from medtune.errors import RecipeError
 from medtune.recipe_checks import suggest
-from medtune.sft_fields import sft_config_fields
+from medtune.sft_fields import config_fields, own_fields, sft_config_fields
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "load_yaml", "parse_override"]
 
@@ -65,6 +67,9 @@ class ModelSection:
     # auto: the chat template where the processor has one (the IT models), else the plain form of the pretrained
     # models, `<bos><start_of_image> {prompt}` then the answer (medtune/prompts.py); plain: that form always
     prompt_format: Literal["auto", "plain"] = "auto"
+    # GRPO (training.method: grpo) from a supervised fine-tune: the OUTPUT_DIR of an SFT run of this base model. Its
+    # adapter is trained on (not merged first: medtune/grpo.py says why); null: a new adapter on the base model
+    adapter: str | None = None
 
 
 @dataclass
@@ -175,10 +180,51 @@ _OWNED_ELSEWHERE = {
 _RENAMED = {"gradient_checkpointing": "activation_checkpointing",
             "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
 _TRAINING_DEFAULTS = {"output_dir": None}
-# training keys that are medtune's, not SFTConfig's
+# training keys that are medtune's, not SFTConfig's: key -> (type names, choices, metadata)
 MEDTUNE_TRAINING_KEYS = {
     # stop when the validation metric (training.metric_for_best_model) has not improved for this many evaluations
-    "early_stopping_patience": _range(1),
+    "early_stopping_patience": (frozenset({"int", "None"}), None, _range(1)),
+    # sft: supervised fine-tuning on the answers (TRL's SFTTrainer); grpo: reinforcement learning with the task's own
+    # metric as the reward (TRL's GRPOTrainer, medtune/grpo.py), from the base model or an SFT run (model.adapter)
+    "method": (None, ("sft", "grpo"), {}),
+}
+# the `grpo` section's keys that are medtune's, not GRPOConfig's: key -> (type names, metadata). The reward of a
+# completion is metric_weight x the task's per-example metric + format_weight x its format reward + each of
+# reward_funcs' weight x its value (medtune/rewards.py)
+GRPO_KEYS = {
+    "reward_metric": (frozenset({"str", "None"}), {}),  # a per-example score of the task; null: the task's own choice
+    "metric_weight": (frozenset({"float"}), _range(0)),
+    "format_weight": (frozenset({"float"}), _range(0)),  # 0: no format reward
+    # your own rewards: ["my_module:my_reward", ...] (weight 1), or {"my_module:my_reward": 0.5, ...}; each is
+    # called as TRL calls a reward function (prompts, completions, completion_ids and the dataset's columns)
+    "reward_funcs": (frozenset({"list", "dict"}), {}),
+}
+GRPO_DEFAULTS = {"metric_weight": 1.0, "format_weight": 0.2, "reward_funcs": []}
+# GRPOConfig keys medtune sets itself, and why
+_GRPO_OWNED = {
+    "reward_weights": "set grpo.metric_weight, grpo.format_weight and the weights in grpo.reward_funcs",
+    "log_completions": "sampled completions go to the tracker for public datasets only: tracking.log_images decides",
+    "log_multimodal": "sampled completions go to the tracker for public datasets only: tracking.log_images decides",
+    "log_completions_hub_repo": "completions may hold a hospital's data: a run uploads none",
+    "model_init_kwargs": "the model section loads the model (model.precision, quantization, attention)",
+    "trust_remote_code": "MedGemma needs no remote code",
+    "use_vllm": "vLLM pins an older transformers and its own torch: medtune samples with transformers' generate",
+    "use_transformers_continuous_batching": "TRL's continuous batching takes no images (a vision-language model)",
+    "use_transformers_paged": "TRL's continuous batching takes no images (a vision-language model)",
+}
+# GRPOConfig ranges and choices worth refusing early (TRL 1.16's documented values)
+_GRPO_RANGES = {
+    "num_generations": _range(2), "num_generations_eval": _range(1), "max_completion_length": _range(1),
+    "generation_batch_size": _range(1), "steps_per_generation": _range(1), "num_iterations": _range(1),
+    "temperature": _range(0, None), "top_p": _range(0, 1.0), "top_k": _range(0), "beta": _range(0),
+    "epsilon": _range(0), "epsilon_high": _range(0), "repetition_penalty": _range(0, None),
+    "top_entropy_quantile": _range(0.0, 1.0),
+}
+_GRPO_CHOICES = {
+    "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
 }
 
 
@@ -193,8 +239,13 @@ class Recipe:
     encoder: EncoderSection
     export: ExportSection
     tracking: TrackingSection
-    training: dict[str, Any]  # SFTConfig keyword arguments
+    training: dict[str, Any]  # SFTConfig keyword arguments (GRPOConfig's under training.method: grpo)
+    grpo: dict[str, Any] = field(default_factory=dict)  # GRPO's own keys and medtune's rewards (GRPO_KEYS)
     source: str = ""  # the recipe file
+
+    @property
+    def method(self) -> str:
+        return self.training.get("method", "sft")
 
     @property
     def output_dir(self) -> Path:
@@ -204,6 +255,8 @@ class Recipe:
         """The recipe as plain data; what is saved or shown goes through `run_info.mask_secrets` first."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         out["training"] = dict(self.training)
+        if self.method == "grpo":
+            out["grpo"] = dict(self.grpo)
         return out
 
 
@@ -349,6 +402,9 @@ def _build_training(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RecipeError("training", f"must be a mapping of SFTConfig keys, got {_type_name(raw)}")
     fields = sft_config_fields()
+    grpo = raw.get("method") == "grpo"
+    if grpo:  # the arguments GRPO shares with SFT; GRPO's own keys are the grpo section's
+        sft_only, fields = own_fields("SFTConfig"), config_fields("GRPOConfig")
     for key, value in raw.items():
         if key in _OWNED_ELSEWHERE:
             raise RecipeError(f"training.{key}", f"not settable here: {_OWNED_ELSEWHERE[key]}")
@@ -356,8 +412,13 @@ def _build_training(raw: Any) -> dict[str, Any]:
             raise RecipeError(f"training.{key}", f"renamed: use training.{_RENAMED[key]} (transformers 5.24 "
                                                  "deprecates the old name and ignores it when the new one is set)")
         if key in MEDTUNE_TRAINING_KEYS:
-            _check_value(f"training.{key}", value, frozenset({"int", "None"}), None, MEDTUNE_TRAINING_KEYS[key])
+            _check_value(f"training.{key}", value, *MEDTUNE_TRAINING_KEYS[key])
             continue
+        if grpo and key in sft_only and key not in own_fields("GRPOConfig"):
+            raise RecipeError(f"training.{key}", "an SFT setting; GRPO does not take it (training.method is grpo; "
+                                                 "GRPO's own keys go in the grpo section: grpo.max_completion_length)")
+        if grpo and key in own_fields("GRPOConfig"):
+            raise RecipeError(f"training.{key}", f"a GRPO key: put it in the grpo section (grpo.{key})")
         if key not in fields:
             raise RecipeError(f"training.{key}", f"not an SFTConfig field{suggest(key, fields)}")
         _check_value(f"training.{key}", value, fields[key].kinds, None, _TRAINING_RANGES.get(key, {}))
@@ -375,11 +436,54 @@ def _build_training(raw: Any) -> dict[str, Any]:
     return training
 
 
+def _build_grpo(raw: Any, method: str) -> dict[str, Any]:
+    """The grpo section: GRPOConfig's own keys (read from TRL's source) and medtune's rewards (GRPO_KEYS)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError("grpo", f"must be a mapping of GRPO keys, got {_type_name(raw)}")
+    if raw and method != "grpo":
+        raise RecipeError(f"grpo.{next(iter(raw))}", "GRPO settings in an SFT recipe: set training.method: grpo, or "
+                                                     "remove the grpo section")
+    fields = own_fields("GRPOConfig")
+    for key, value in raw.items():
+        where = f"grpo.{key}"
+        if key in _GRPO_OWNED or key.startswith("vllm_"):
+            raise RecipeError(where, f"not settable here: {_GRPO_OWNED.get(key, _GRPO_OWNED['use_vllm'])}")
+        if key in GRPO_KEYS:
+            kinds, metadata = GRPO_KEYS[key]
+            _check_value(where, value, kinds, None, metadata)
+            continue
+        if key not in fields:
+            known = [*GRPO_KEYS, *fields]
+            hint = suggest(key, known) or (" (a training argument: put it in the training section)"
+                                           if key in config_fields("GRPOConfig") else "")
+            raise RecipeError(where, f"not a GRPO key{hint}")
+        _check_value(where, value, fields[key].kinds, _GRPO_CHOICES.get(key), _GRPO_RANGES.get(key, {}))
+    funcs = raw.get("reward_funcs") or []
+    weights = funcs if isinstance(funcs, dict) else dict.fromkeys(funcs, 1.0)
+    for name, weight in weights.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.]+:\w+", name):
+            raise RecipeError("grpo.reward_funcs", f"{name!r} must name a function as module:function (my_rewards:"
+                                                   "length_penalty), importable from where you run")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise RecipeError("grpo.reward_funcs", f"{name}: its weight must be a number, got {weight!r}")
+        try:
+            found = importlib.util.find_spec(name.split(":")[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise RecipeError("grpo.reward_funcs", f"{name}: no module {name.split(':')[0]!r} on the path (run from "
+                                                   "its folder, or pip install it)")
+    return {**(GRPO_DEFAULTS if method == "grpo" else {}), **raw}
+
+
 def build_recipe(raw: dict[str, Any]) -> Recipe:
     """The recipe's sections, every key known and of its type and range (this module's schema)."""
+    names = [*SECTIONS, "training", "grpo"]
     for name in raw:
-        if name not in SECTIONS and name != "training":
-            raise RecipeError(name, f"unknown section{suggest(name, [*SECTIONS, 'training'])}; "
-                                    f"sections: {', '.join([*SECTIONS, 'training'])}")
+        if name not in names:
+            raise RecipeError(name, f"unknown section{suggest(name, names)}; sections: {', '.join(names)}")
     sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
-    return Recipe(**sections, training=_build_training(raw.get("training", {})))
+    training = _build_training(raw.get("training", {}))
+    return Recipe(**sections, training=training, grpo=_build_grpo(raw.get("grpo"), training.get("method", "sft")))

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medtune.errors import explain_out_of_memory
+from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.rows import images_per_row, tokenizer_of, without_images
-from medtune.run_folder import predictions_file, result_file
+from medtune.run_folder import predictions_file, result_file, served_log_file
 from medtune.tasks import is_multiple_choice
 from medtune.tasks._medgemma_prompts import FINAL_ANSWER
 from medtune.thinking import NO_TRACE, split_trace, trace_counts
@@ -29,13 +29,20 @@ def asks_several(task) -> bool:
 
 
 def _answer(model, processor, rows, task, mode: str, batch_size: int, max_new_tokens: int, desc: str,
-            show: bool, workers: int) -> list[list]:
-    """This rank's answers to the questions of `rows`: for each row, a reply (or option scores) per question."""
+            show: bool, workers: int, served_log: Path | None = None) -> list[list]:
+    """This rank's answers to the questions of `rows`: for each row, a reply (or option scores) per question. The
+    model is a loaded one, or a `medtune.served.Server` (its answers logged to `served_log` as they arrive)."""
     from medtune.inference import Questions, generate_answers, question_order, score_options, scoring_plan
+    from medtune.served import Server, served_answers
 
     order = question_order(task, rows)
     questions = Questions(task, rows, order)
-    if mode == "score":
+    if isinstance(model, Server):
+        opening, option_ids = scoring_plan(tokenizer_of(processor), task) if mode == "score" else ("", None)
+        flat = served_answers(model, questions, served_log, mode=mode, max_new_tokens=max_new_tokens,
+                              cut=_served_cut(task, processor), opening=opening, option_ids=option_ids, desc=desc,
+                              show_progress=show)
+    elif mode == "score":
         opening, option_ids = scoring_plan(tokenizer_of(processor), task)
         flat = score_options(model, processor, questions, option_ids, batch_size, desc, show, workers,
                              answer_prefix=opening)
@@ -48,24 +55,41 @@ def _answer(model, processor, rows, task, mode: str, batch_size: int, max_new_to
     return per_row
 
 
+def _served_cut(task, processor):
+    """How a served reply is cut to read as the in-process one (a server cannot stop where FinalAnswerStop does)."""
+    from medtune.tasks._medgemma_prompts import through_final_answer
+    from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
+
+    if not stops_after_final_answer(task):
+        return None
+    return lambda text: through_final_answer(text, TRACE_OPEN, TRACE_CLOSE)
+
+
 def stops_after_final_answer(task) -> bool:
     """Whether the task's answers take the "Final Answer: X" form its protocol asks for: generation then stops once
     a reply has given it."""
     return getattr(task, "answer_prefix", "").startswith(FINAL_ANSWER)
 
 
-def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, desc: str):
+def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, desc: str,
+             served_log: Path | None = None):
     """Every rank answers the questions of its share of `dataset` (greedy replies, or option scores in mode
     "score"); the main process gathers them: (records, references, predictions, scores, how, inference seconds),
-    None on the other ranks."""
+    None on the other ranks. A served model (`medtune.served.Server`) is asked from one process."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     from medtune.inference import default_batch_size, default_num_workers
+    from medtune.served import Server
 
     state = PartialState()
-    batch_size = settings.batch_size or default_batch_size(model, mode, images_per_row(dataset))
-    workers = default_num_workers() if settings.num_workers is None else settings.num_workers
+    served = isinstance(model, Server)
+    if served and state.num_processes > 1:
+        raise MedtuneError("a served model is asked from one process (the server batches): run without "
+                           "accelerate launch")
+    batch_size = model.in_flight if served else \
+        settings.batch_size or default_batch_size(model, mode, images_per_row(dataset))
+    workers = 0 if served else default_num_workers() if settings.num_workers is None else settings.num_workers
     max_new_tokens = settings.max_new_tokens or task.max_new_tokens
     show = state.is_local_main_process
     # Equal shards (the last padded with a repeat, dropped when gathering by id): under ZeRO-3 every forward is
@@ -74,8 +98,8 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
             explain_out_of_memory("evaluating", f"lower eval.batch_size (now {batch_size})"):
         rows = dataset.select(shard) if shard else []
         inference_started = time.time()
-        outputs = _answer(model, processor, rows, task, mode, batch_size, max_new_tokens, desc, show, workers) \
-            if shard else []
+        outputs = _answer(model, processor, rows, task, mode, batch_size, max_new_tokens, desc, show, workers,
+                          served_log) if shard else []
         ids = list(rows["id"]) if shard else []
         inference_seconds = time.time() - inference_started  # images in, answers out: what eval speed means
     gathered = gather_object(list(zip(ids, outputs)))
@@ -104,7 +128,9 @@ def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, 
         references.append(reference)
         predictions.append(parsed if several else parsed[0])
         records.append({**record, "parsed": predictions[-1]})
-    how = {"mode": mode, "batch_size": batch_size, "processes": state.num_processes, "loader_workers": workers,
+    how = {"mode": mode, **({"served": model.url, "served_model": model.model, "requests_in_flight": batch_size}
+                            if served else {"batch_size": batch_size, "processes": state.num_processes,
+                                            "loader_workers": workers}),
            **({"do_sample": False, "max_new_tokens": max_new_tokens} if mode == "generate" else {}),
            **({"protocol": task.protocol} if len(getattr(task, "protocols", ())) > 1 else {})}
     return records, references, predictions, scores if mode == "score" else None, how, inference_seconds
@@ -129,7 +155,7 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     """
     started = time.time()
     predicted = _predict(model, processor, dataset, task, settings, settings.mode,
-                         f"eval {name} ({settings.mode})")
+                         f"eval {name} ({settings.mode})", served_log=Path(out_dir) / served_log_file(name))
     if predicted is None:
         return None
     records, references, predictions, scores, how, inference_seconds = predicted

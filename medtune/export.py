@@ -32,18 +32,59 @@ def merge_adapter(recipe: Recipe, out_dir: Path) -> Path:
     """Base model (unquantized, in the recipe's precision) + adapter, merged into OUTPUT_DIR/merged."""
     from peft import PeftModel
 
-    from medtune.model import load_model, load_processor, resolve_precision
+    from medtune.model import load_model, load_processor, model_path, resolve_precision
 
     base = load_model(recipe, resolve_precision(recipe.model.precision), quantize=False)
     merged = PeftModel.from_pretrained(base, str(out_dir)).merge_and_unload()
     final, staging = out_dir / "merged", out_dir / ".merged.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    # transformers writes the weights under the names the base checkpoint used (it undoes its loading renames):
+    # Google's, which serving engines read. Checked below, not assumed.
     merged.save_pretrained(staging)
+    check_same_layout(staging, model_path(recipe))
+    # the processor (its chat template) and the generation config (greedy defaults, the end-of-turn stop) travel
+    # with the weights: a server asks and stops as evaluation did
     load_processor(recipe).save_pretrained(staging)
     write_model_card(recipe, out_dir, merged=True, path=staging / "README.md")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(staging, final)
     return final
+
+
+def weight_shapes(folder_or_repo: str | Path) -> dict[str, list[int]]:
+    """Every weight's name and shape in a checkpoint's safetensors files, read from their headers only: a local
+    folder, or a Hub repository (huggingface_hub reads the headers remotely, no weights downloaded)."""
+    folder = Path(folder_or_repo)
+    if folder.is_dir():
+        from safetensors import safe_open
+
+        shapes = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(path), "pt") as f:
+                shapes.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+        return shapes
+    from huggingface_hub import get_safetensors_metadata
+
+    metadata = get_safetensors_metadata(str(folder_or_repo))
+    return {name: list(info.shape) for file in metadata.files_metadata.values()
+            for name, info in file.tensors.items()}
+
+
+def check_same_layout(written: Path, base: str | Path) -> None:
+    """The merged model holds the base checkpoint's weights, by name and shape (what a serving engine loads the
+    base by), or one line naming the first difference."""
+    ours, theirs = weight_shapes(written), weight_shapes(base)
+    if ours == theirs:
+        return
+    extra, missing = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    reshaped = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
+    if extra or missing:
+        raise MedtuneError(f"the merged model's weights are not named as {base}'s: {len(extra)} names the base "
+                           f"has not (first: {(extra or ['-'])[0]}), {len(missing)} of the base's names missing "
+                           f"(first: {(missing or ['-'])[0]})")
+    first = reshaped[0]
+    raise MedtuneError(f"the merged model's {first} is {ours[first]}, {base}'s is {theirs[first]} "
+                       f"({len(reshaped)} weights differ in shape)")
 
 
 def hub_adapter_config(out_dir: Path, base: str | None) -> dict:

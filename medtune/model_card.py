@@ -26,6 +26,7 @@ from medtune.config import Recipe
 from medtune.data import CAPS
 from medtune.run_folder import read_json
 from medtune.run_info import mask_secrets
+from medtune.serving import serving_lines
 from medtune.tasks import is_multiple_choice, task_for
 from medtune.tiny import TINY_TWINS
 
@@ -39,7 +40,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)/snapshots/")
 # recipe keys that hold paths (any other value that is an absolute path is cut too)
 _PATH_KEYS = {("data", "path"), ("training", "output_dir"), ("training", "logging_dir"),
-              ("training", "resume_from_checkpoint")}
+              ("training", "resume_from_checkpoint"), ("model", "adapter")}
 
 CARD_TEMPLATE = """\
 ---
@@ -78,7 +79,11 @@ patient care; its outputs can be wrong, and it inherits the biases of its base m
 ```python
 {{ snippet }}
 ```
+{% if serving %}
+## Serve
 
+{{ serving }}
+{% endif %}
 ## Recipe
 
 ```yaml
@@ -194,7 +199,8 @@ def _method_line(recipe: Recipe) -> str:
     vision = "LoRA on the vision tower too" if lora.adapt_vision_tower else "vision tower frozen"
     projector = "projector trained" if lora.train_projector else "projector frozen"
     return (f"{method}: rank {lora.r}, alpha {lora.alpha}, dropout {lora.dropout} on the language model's "
-            f"{', '.join(lora.target_modules)}; {vision}; {projector}; loss on the answer only")
+            f"{', '.join(lora.target_modules)}; {vision}; {projector}"
+            + ("; loss on the answer only" if recipe.method == "sft" else ""))
 
 
 def training_lines(method_line: str, run_info: dict[str, Any]) -> list[str]:
@@ -218,6 +224,30 @@ def training_lines(method_line: str, run_info: dict[str, Any]) -> list[str]:
         lines.append(f"the adapter is the best validation step's: step {best['step']} of {best['last_step']} "
                      f"({best['metric']} {best['value']:.4g} on the validation split)")
     return lines
+
+
+def grpo_lines(recipe: Recipe, out_dir: Path) -> list[str]:
+    """What a GRPO run (training.method: grpo) did: where it started, its rewards and its sampling and loss settings,
+    as the trainer applied them (medtune/grpo.py, medtune/rewards.py); nothing for an SFT run."""
+    if recipe.method != "grpo":
+        return []
+    from medtune.rewards import build_rewards
+
+    g = recipe.grpo
+    funcs, weights = build_rewards(task_for(recipe.task), None, g)
+    rewards = " + ".join(f"{w:g} x `{getattr(f, '__name__', type(f).__name__)}`" for f, w in zip(funcs, weights))
+    shape = read_json(out_dir / "adapter_config.json")
+    start = (f"from the SFT adapter `{Path(recipe.model.adapter).name}` (trained on, not merged, so of its shape: rank "
+             f"{shape.get('r')}, alpha {shape.get('lora_alpha')}; its column in the table above)"
+             if recipe.model.adapter else "from the base model, a new adapter")
+    settings = {key: g.get(key, default) for key, default in (
+        ("num_generations", 8), ("max_completion_length", 512), ("temperature", 1.0), ("beta", 0.0),
+        ("epsilon", 0.2), ("loss_type", "dapo"), ("scale_rewards", "group"), ("mask_truncated_completions", False))}
+    return [f"GRPO (reinforcement learning with TRL's GRPOTrainer) {start}; reward per completion: {rewards} (the "
+            "task's own per-example metric as evaluation computes it; an answer naming several options or repeating "
+            "the question, or a thinking trace left open, earns nothing)",
+            "GRPO settings (TRL's defaults where the recipe sets none): "
+            + ", ".join(f"{k} {v}" for k, v in settings.items())]
 
 
 def eval_notes(results: dict[str, dict]) -> list[str]:
@@ -293,9 +323,12 @@ def model_card(recipe: Recipe, out_dir: Path, repo_id: str | None = None, merged
         table=comparison.read_text(encoding="utf-8").strip() if comparison.is_file() else "_No evaluation was run._",
         eval_notes=eval_notes(results), figures=figures,
         data_line=data_line(recipe, (results.get("finetuned") or results.get("baseline") or {}).get("n")),
-        training_lines=training_lines(facts["method_line"], run_folder.read_run_info(out_dir)),
+        training_lines=(training_lines(facts["method_line"], run_folder.read_run_info(out_dir))
+                        + grpo_lines(recipe, out_dir)),
         license_line=license_line,
         snippet=facts["snippet"],
+        serving=serving_lines(recipe, task, base, repo_id or "path/to/this/folder", merged, text_only)
+        if facts["family_tag"] == "medgemma" else "",
         recipe_yaml=yaml.safe_dump(card_recipe(recipe), sort_keys=False))
 
 

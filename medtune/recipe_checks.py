@@ -148,7 +148,51 @@ def check_settings(recipe, raw: dict[str, Any], check_suite: bool = True) -> Non
         raise RecipeError("eval.mode", f"score needs a multiple-choice task; {task.name} is scored by generation")
     if recipe.export.push and not recipe.export.repo_id:
         raise RecipeError("export.repo_id", "export.push needs a repo id such as your-org/medgemma-crc-qlora")
+    check_grpo(recipe, task, check_suite)
     if recipe.model.name_or_path not in TINY_TWINS and "/" not in recipe.model.name_or_path \
             and not Path(recipe.model.name_or_path).exists():
         raise RecipeError("model.name_or_path", f"{recipe.model.name_or_path!r} is neither a Hub id (org/name), a "
                                                 f"local folder, nor a tiny twin ({', '.join(TINY_TWINS)})")
+
+
+# ----------------------------------------------------------------------------- GRPO (training.method: grpo)
+def check_grpo(recipe, task, check_adapter: bool = True) -> None:
+    """A GRPO recipe: a task a completion can be scored on, a reward metric the task saves per example, and the SFT
+    run it starts from (model.adapter: an adapter of this base model, not to be overwritten). The adapter's folder
+    is not looked for where a finished run is exported (`check_adapter=False`), perhaps on another machine."""
+    if recipe.method != "grpo":
+        if recipe.model.adapter:
+            raise RecipeError("model.adapter", "continuing an adapter is GRPO's: set training.method: grpo, or remove "
+                                               "model.adapter")
+        return
+    from medtune.rewards import reward_metric
+
+    if medsiglip.is_encoder_recipe(recipe):
+        raise RecipeError("training.method", "grpo trains MedGemma's answers; a MedSigLIP recipe (encoder.method) "
+                                             "has none: remove training.method")
+    if getattr(task, "independent_questions", False):
+        raise RecipeError("training.method", f"grpo samples one answer a prompt; {task.name} asks several questions "
+                                             "of each image: train it with sft")
+    try:
+        reward_metric(task, recipe.grpo.get("reward_metric"))
+    except ValueError as e:
+        raise RecipeError("grpo.reward_metric", str(e)) from None
+    adapter = recipe.model.adapter
+    if not adapter or not check_adapter:
+        return
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise RecipeError("model.adapter", f"{adapter!r} holds no adapter (adapter_config.json): point it at the "
+                                           "training.output_dir of a finished SFT run")
+    if folder.resolve() == Path(recipe.training["output_dir"]).resolve():
+        raise RecipeError("training.output_dir", "is model.adapter's folder: GRPO would overwrite the SFT adapter "
+                                                 "it compares against; choose another output_dir")
+    from medtune.run_folder import read_recipe
+
+    trained = read_recipe(folder)
+    base = (trained.get("model") or {}).get("name_or_path")
+    if base and base != recipe.model.name_or_path:
+        raise RecipeError("model.adapter", f"{adapter!r} was trained on {base}, not {recipe.model.name_or_path}: "
+                                           f"set model.name_or_path={base}, or use an adapter of this model")
+    if trained.get("encoder", {}).get("method"):
+        raise RecipeError("model.adapter", f"{adapter!r} is a MedSigLIP run, not a MedGemma adapter")

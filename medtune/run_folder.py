@@ -32,6 +32,11 @@ def predictions_file(name: str) -> str:
     return f"{name}_predictions.jsonl"
 
 
+def served_log_file(name: str) -> str:
+    """A served evaluation's answers as they arrived (medtune/served.py): what a rerun does not ask again."""
+    return f"{name}.served.jsonl"
+
+
 def result_path(run: Path, name: str) -> Path:
     return eval_dir(run) / result_file(name)
 

@@ -1,4 +1,4 @@
-"""The fields of `trl.SFTConfig`, read from TRL's and transformers' source without importing them.
+"""The fields of `trl.SFTConfig` and `trl.GRPOConfig`, read from TRL's and transformers' source without importing them.
 
 Importing TRL takes about ten seconds (it imports torch and transformers); a recipe must be refused within
 a few seconds of a typo. So we read the dataclass fields (name, annotation, default) with `ast`, following
@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 # Where SFTConfig and its bases are defined: class name -> module. The chain itself is read from the source.
-_MODULES = {"SFTConfig": "trl.trainer.sft_config", "_BaseConfig": "trl.trainer.base_config",
+_MODULES = {"SFTConfig": "trl.trainer.sft_config", "GRPOConfig": "trl.trainer.grpo_config",
+            "_BaseConfig": "trl.trainer.base_config",
             "BaseConfig": "trl.trainer.base_config", "TrainingArguments": "transformers.training_args"}
 
 
@@ -78,19 +79,39 @@ def _class_fields(source: str, class_name: str) -> tuple[list[FieldSpec], list[s
 
 
 @functools.cache
-def sft_config_fields() -> dict[str, FieldSpec]:
-    """name -> FieldSpec for every SFTConfig field (subclass definitions win over base ones)."""
-    chain: list[list[FieldSpec]] = []
-    class_name: str | None = "SFTConfig"
-    while class_name in _MODULES:
-        module = _MODULES[class_name]
+def _chain(class_name: str) -> tuple[tuple[str, tuple[FieldSpec, ...]], ...]:
+    """(class, the fields it defines itself) from `class_name` down its first bases, as far as _MODULES knows them."""
+    chain: list[tuple[str, tuple[FieldSpec, ...]]] = []
+    name: str | None = class_name
+    while name in _MODULES:
+        module = _MODULES[name]
         source = _module_source(module)
         if source is None:
             raise RuntimeError(f"cannot read {module}: is {module.split('.')[0]} installed?")
-        own, bases = _class_fields(source, class_name)
-        chain.append(own)
-        class_name = bases[0] if bases else None
+        own, bases = _class_fields(source, name)
+        chain.append((name, tuple(own)))
+        name = bases[0] if bases else None
+    return tuple(chain)
+
+
+@functools.cache
+def config_fields(class_name: str = "SFTConfig") -> dict[str, FieldSpec]:
+    """name -> FieldSpec for every field of a TRL config (subclass definitions win over base ones)."""
     fields: dict[str, FieldSpec] = {}
-    for own in reversed(chain):  # base first, so that a subclass's definition wins
+    for _, own in reversed(_chain(class_name)):  # base first, so that a subclass's definition wins
         fields.update({spec.name: spec for spec in own})
     return fields
+
+
+def sft_config_fields() -> dict[str, FieldSpec]:
+    """name -> FieldSpec for every SFTConfig field."""
+    return config_fields("SFTConfig")
+
+
+@functools.cache
+def own_fields(class_name: str) -> dict[str, FieldSpec]:
+    """The fields a TRL config adds to the training arguments every trainer shares (TRL's base config and
+    transformers' TrainingArguments): SFT's `max_length` and `packing`, GRPO's `num_generations` and `beta`."""
+    chain = _chain(class_name)
+    shared = {spec.name for _, own in chain[1:] for spec in own}
+    return {spec.name: spec for spec in chain[0][1] if spec.name not in shared}

@@ -16,26 +16,27 @@ from pathlib import Path
 from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
 
 TINY_NAME = "tiny"
-# The language model's layout of each twin, at small widths: `tiny` is MedGemma 4B's (heads x head_dim = hidden,
-# scaled by head_dim), `tiny-27b` MedGemma 27B's (2 query heads per key/value head, heads x head_dim wider than
-# hidden, queries scaled by hidden / heads as 27B's 168 = 5376 / 32, the intermediate 4 x hidden, and five
-# sliding-window layers to one global, 27B's pattern, in one full period of 6 layers): what would break on
-# 27B's dimensions breaks on it. Both share the vision tower, as the real models do.
+# The language model's layout of each twin, at small widths: `tiny` is MedGemma 4B's (2 query heads per key/value
+# head, queries scaled by head_dim), `tiny-27b` MedGemma 27B's (2 query heads per key/value head, queries scaled by
+# hidden / heads as 27B's 168 = 5376 / 32, the intermediate 4 x hidden, and five sliding-window layers to one global,
+# 27B's pattern, in one full period of 6 layers): what would break on 27B's dimensions breaks on it. Both share the
+# vision tower, as the real models do. Heads are 32 wide, the smallest that serving engines' attention kernels take
+# (vLLM's CPU attention: 32, 64, 80, ... 256, 512), so that a twin and what medtune exports of it can be served.
 # `tiny-27b-text` is MedGemma 27B text's twin: 27B's language model alone (Gemma3ForCausalLM), with a tokenizer and
 # no image processor, as google/medgemma-27b-text-it ships.
-_LAYOUT_4B = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window_pattern=2)
+_LAYOUT_4B = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window_pattern=2)
 # Widths are multiples of 64, bitsandbytes' 4-bit block: its CPU inference kernel (0.50) refuses a layer whose input
 # width is not (the real models' all are).
-_LAYOUT_27B = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=16,
-                   num_key_value_heads=8, head_dim=16, query_pre_attn_scalar=8, sliding_window_pattern=6)
+_LAYOUT_27B = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
+                   num_key_value_heads=4, head_dim=32, query_pre_attn_scalar=16, sliding_window_pattern=6)
 TINY_LAYOUTS = {TINY_NAME: _LAYOUT_4B, "tiny-27b": _LAYOUT_27B, "tiny-27b-text": _LAYOUT_27B}
 TEXT_ONLY_TWINS = frozenset({"tiny-27b-text"})
 # MedSigLIP-448's twin (google/medsiglip-448): SigLIP's image and text towers (SiglipModel) with a SiglipProcessor,
 # at MedGemma's twins' image size and vocabulary
 TINY_ENCODER = "tiny-siglip"
 TINY_TWINS = (*TINY_LAYOUTS, TINY_ENCODER)  # every name `model.name_or_path` takes for a twin
-TINY_VERSION = 5  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+TINY_VERSION = 6  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)
@@ -78,8 +79,15 @@ def _build_tokenizer():
     tok.train_from_iterator(CORPUS * 20, trainer)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
               for m in json.loads(tok.to_str())["model"]["merges"]]
+    vocab = tok.get_vocab()
+    # Gemma's runs of newlines are single tokens ("\n" ... "\n\n\n\n", ids 107-110 in the real vocabulary): the
+    # processor puts "\n\n" around every image, and serving engines rely on them (vLLM's Gemma 3 processor looks
+    # them up by text). Merged first, so that a run of newlines always tokenizes as it does in Gemma.
+    newlines = ["\n" * n for n in range(1, 5)]
+    vocab.update({run: len(vocab) + i for i, run in enumerate(r for r in newlines if r not in vocab)})
+    merges = [("\n", "\n"), ("\n\n", "\n"), ("\n\n", "\n\n")] + merges
     tokenizer = GemmaTokenizer(
-        vocab=tok.get_vocab(), merges=merges, add_bos_token=True, add_eos_token=False,
+        vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False,
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>"},
     )
@@ -123,7 +131,7 @@ def build_tiny_model(tokenizer, name: str = TINY_NAME):
     else:
         vision_config = SiglipVisionConfig(
             image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=2, vision_use_head=False,
+            num_hidden_layers=2, num_attention_heads=1, vision_use_head=False,  # one head 32 wide (see above)
         )
         config = Gemma3Config(
             text_config=text_config, vision_config=vision_config, mm_tokens_per_image=MM_TOKENS,
@@ -163,6 +171,23 @@ def build_tiny_siglip(tokenizer):
     return model, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def save_in_google_layout(folder: Path) -> None:
+    """Rename a freshly built Gemma 3's saved weights to the names Google's checkpoints use. transformers 5 saves a
+    model it built itself under its internal names (`vision_tower.embeddings...`) and one it loaded from Google's
+    checkpoint under Google's (`vision_tower.vision_model.embeddings...`, undoing the renames it made on loading);
+    serving engines (vLLM) read only Google's. Written this way, the twin loads as google/medgemma-4b-it does, and
+    whatever medtune saves of it (a merged export) comes out in Google's layout too."""
+    from safetensors.torch import load_file, save_file
+
+    prefix, google = "vision_tower.", "vision_tower.vision_model."
+    for path in Path(folder).glob("*.safetensors"):
+        weights = load_file(path)
+        if any(name.startswith(google) for name in weights):
+            continue
+        save_file({google + name[len(prefix):] if name.startswith(prefix) else name: tensor
+                   for name, tensor in weights.items()}, path, metadata={"format": "pt"})
+
+
 def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
     """Where the tiny twin `name` lives; built on first use. MEDTUNE_CACHE overrides ~/.cache/medtune."""
     root = Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
@@ -178,6 +203,8 @@ def tiny_checkpoint_dir(name: str = TINY_NAME) -> Path:
             encoder_processor.save_pretrained(tmp)
         else:
             build_tiny_model(processor.tokenizer, name).save_pretrained(tmp)
+            if name not in TEXT_ONLY_TWINS:
+                save_in_google_layout(tmp)
         if name == TINY_ENCODER:
             pass  # saved with its own processor above
         elif name in TEXT_ONLY_TWINS:  # the tokenizer alone, with the chat template: what AutoProcessor then gives

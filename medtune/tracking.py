@@ -54,6 +54,14 @@ def training_arguments(recipe: Recipe) -> dict[str, Any]:
     return args
 
 
+def sampled_completions(recipe: Recipe, task) -> tuple[bool, bool]:
+    """(whether GRPO's sampled completions go to the tracker, whether with their images): as sample predictions do,
+    only for public datasets unless `tracking.log_images` says otherwise (a credentialed task's answers are data)."""
+    t = recipe.tracking
+    log_images = t.log_images if t.log_images is not None else not task.credentialed
+    return t.backend != "none" and t.num_sample_predictions > 0 and (log_images or not task.credentialed), log_images
+
+
 def _sample_rows(dataset, predictions_file: Path, n: int):
     import json
 

@@ -4,8 +4,9 @@
     medtune train RECIPE [section.key=value ...]           # the same, in this process
 
 Steps: validate the recipe (before anything heavy loads) -> training arguments -> data -> model ->
-training (TRL SFTTrainer, loss on the answer only) -> fine-tuned and out-of-box evaluation -> comparison table ->
-adapter + processor + model card in OUTPUT_DIR -> optional merge and Hub upload.
+training (TRL SFTTrainer, loss on the answer only; or with `training.method: grpo` TRL's GRPOTrainer, rewarded by
+the task's own metric: medtune/grpo.py) -> fine-tuned, SFT-adapter (GRPO from one) and out-of-box evaluation ->
+comparison table -> adapter + processor + model card in OUTPUT_DIR -> optional merge and Hub upload.
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def run(recipe: Recipe) -> str | None:
     from medtune.tasks import task_for
     from medtune.trainer import build_trainer, describe_training, sft_config, training_memory_advice
 
+    grpo = recipe.method == "grpo"
+    if grpo:
+        from medtune.grpo import build_grpo_trainer, describe_grpo, finish_grpo, grpo_config
+
     # On a machine without GPUs, accelerate forms several ranks (gloo) only when told it runs on CPU.
     on_cpu = not torch.cuda.is_available()
     state = PartialState(cpu=on_cpu)
@@ -62,7 +67,7 @@ def run(recipe: Recipe) -> str | None:
 
     # ---------------------------------------------------------------- training arguments
     # Before the model: under DeepSpeed ZeRO-3 they tell from_pretrained to partition the weights as they load.
-    args = sft_config(recipe, precision, on_cpu)
+    args = (grpo_config if grpo else sft_config)(recipe, precision, on_cpu)
     if state.is_main_process:
         plugin = getattr(args, "deepspeed_plugin", None)
         write_run_info(recipe, out_dir, {"precision": precision, "processes": state.num_processes,
@@ -73,12 +78,14 @@ def run(recipe: Recipe) -> str | None:
 
     # ---------------------------------------------------------------- data, model and training
     test_set = load_split(recipe, recipe.eval.split)
-    trainer, processor = build_trainer(recipe, args, precision)
+    trainer, processor = (build_grpo_trainer if grpo else build_trainer)(recipe, args, precision)
     guard = NonFiniteLossGuard()
     trainer.add_callback(guard)
     checkpoint = resume_checkpoint(recipe)
     if state.is_main_process:
         print(describe_training(args, recipe, state.num_processes))
+        if grpo:
+            print(describe_grpo(recipe, args))
         if checkpoint:
             print(f"resuming from {checkpoint}")
     with explain_out_of_memory("training", training_memory_advice(args)):
@@ -88,6 +95,8 @@ def run(recipe: Recipe) -> str | None:
         raise MedtuneError(f"training stopped at step {guard.bad_step}: the loss is not finite (nan/inf). Lower "
                            f"training.learning_rate or raise training.warmup_steps; last good checkpoint: "
                            f"{last_good or 'none yet'} (resume with training.resume_from_checkpoint=auto)")
+    if grpo:
+        finish_grpo(trainer)
     trainer.save_model(str(out_dir))  # the adapter and the processor, complete even under ZeRO-3, written once
     if state.is_main_process:
         facts = {"train_seconds": round(trained.metrics.get("train_runtime", 0.0), 1)}
@@ -107,6 +116,13 @@ def run(recipe: Recipe) -> str | None:
 
     if recipe.eval.finetuned:
         results["finetuned"] = run_eval("finetuned", f"{recipe.model.name_or_path} + adapter")
+    if grpo and recipe.model.adapter and recipe.eval.finetuned:
+        # the SFT adapter GRPO started from, beside it: loaded next to the trained one and switched to, then back
+        model.load_adapter(recipe.model.adapter, adapter_name="sft")
+        model.set_adapter("sft")
+        results["sft"] = run_eval("sft", f"{recipe.model.name_or_path} + SFT adapter")
+        model.set_adapter("default")
+        model.delete_adapter("sft")
     if recipe.eval.baseline:
         with model.disable_adapter():
             results["baseline"] = run_eval("baseline", recipe.model.name_or_path)

@@ -56,6 +56,8 @@ class Task(Protocol):
     #     evaluation asks of the row, rendered from its columns under `protocol` (absent: the row's own prompt).
     #     Several (one per finding of a chest X-ray) make the row's prediction a list, one answer each.
     # answer_prefix: the text a trained answer starts with before the option (option scoring reads the next token)
+    # reward_metric: the per-example score (one of example_metrics) GRPO rewards a completion with (medtune/rewards.py);
+    #     absent: the per-example score the headline metric is the mean of
     # independent_questions: a row's several user turns are separate questions about its image, each trained as
     #     if asked alone (medtune/shared_prefix.py packs them into one sequence)
 

@@ -96,3 +96,17 @@ def ends_its_final_answer(text: str) -> bool:
         return False
     rest = text[found[-1].end():].lstrip(_DECORATION + "\n")
     return "\n" in rest and bool(rest.split("\n", 1)[0].strip(_DECORATION))
+
+
+def through_final_answer(text: str, trace_open: str = "", trace_close: str = "") -> str:
+    """A whole reply cut where in-process generation stops (medtune.inference.FinalAnswerStop): at the first line
+    end by which it has stated its final answer, outside an open thinking trace. A server cannot stop on that
+    pattern, so a served reply is cut here, and reads as the in-process one does."""
+    end = text.find("\n")
+    while end != -1:
+        head = text[:end + 1]
+        open_trace = trace_open and head.lstrip().startswith(trace_open) and trace_close not in head
+        if not open_trace and ends_its_final_answer(head):
+            return head
+        end = text.find("\n", end + 1)
+    return text

@@ -32,6 +32,7 @@ class MultipleChoiceTask:
     protocol: str = MEDTUNE_PROTOCOL
     protocols: tuple[str, ...] = (MEDTUNE_PROTOCOL,)
     mean_of: dict[str, str] = field(default_factory=lambda: {"accuracy": "correct"})
+    reward_metric: str = "correct"  # GRPO's reward: the option parsed and compared, as evaluation scores it
 
     @property
     def max_new_tokens(self) -> int:

@@ -35,6 +35,7 @@ class ReportGenerationTask(TextAnswers):
     protocols: tuple[str, ...] = (MEDTUNE_PROTOCOL,)
     # corpus BLEU is not a mean of sentence BLEUs: a bootstrap recomputes it
     mean_of: dict[str, str] = field(default_factory=lambda: {"radgraph_f1": "radgraph_f1", "rouge_l": "rouge_l"})
+    reward_metric: str = "radgraph_f1"  # GRPO's reward; ROUGE-L where RadGraph is unavailable (medtune/rewards.py)
 
     # -------------------------------------------------------------- prompt and answer
     def prompt(self, indication: str, prior: bool | None = None) -> str:
