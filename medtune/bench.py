@@ -257,8 +257,12 @@ def served_variants(args, processor) -> list[Variant]:
                            "NAME=DIR); name each with --served-model NAME")
     refuse_plain(processor)
     servers = [connect(args.served, name, args.requests_in_flight) for name in (args.served_model or [None])]
-    return [Variant(f"served-{Path(server.model).name or 'model'}", nullcontext, is_base=i == 0, served=server)
-            for i, server in enumerate(servers)]
+    labels: list[str] = []
+    for server in servers:  # two exports' `.../merged` are two models
+        label = f"served-{Path(server.model).name or 'model'}"
+        labels.append(label if label not in labels else f"{label}-{len(labels) + 1}")
+    return [Variant(label, nullcontext, is_base=i == 0, served=server)
+            for i, (label, server) in enumerate(zip(labels, servers))]
 
 
 def bench_recipe(args):

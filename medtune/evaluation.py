@@ -154,14 +154,19 @@ def evaluate(model, processor, dataset, task, settings: EvalSection, *, name: st
     on the main process only.
     """
     started = time.time()
+    served_log = Path(out_dir) / served_log_file(name)
     predicted = _predict(model, processor, dataset, task, settings, settings.mode,
-                         f"eval {name} ({settings.mode})", served_log=Path(out_dir) / served_log_file(name))
+                         f"eval {name} ({settings.mode})", served_log=served_log)
     if predicted is None:
         return None
     records, references, predictions, scores, how, inference_seconds = predicted
-    return write_evaluation(task, records, references, predictions, scores, name=name, out_dir=out_dir,
-                            model_label=model_label, split=settings.split, how=how,
-                            seconds=time.time() - started, inference_seconds=inference_seconds)
+    result = write_evaluation(task, records, references, predictions, scores, name=name, out_dir=out_dir,
+                              model_label=model_label, split=settings.split, how=how,
+                              seconds=time.time() - started, inference_seconds=inference_seconds)
+    # a served run's answer log resumes an unfinished run only: a later one (the adapter retrained and served under
+    # the same name) asks anew
+    served_log.unlink(missing_ok=True)
+    return result
 
 
 def write_evaluation(task, records: list[dict], references: list, predictions: list, scores: list | None, *,

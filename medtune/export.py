@@ -41,7 +41,11 @@ def merge_adapter(recipe: Recipe, out_dir: Path) -> Path:
     # transformers writes the weights under the names the base checkpoint used (it undoes its loading renames):
     # Google's, which serving engines read. Checked below, not assumed.
     merged.save_pretrained(staging)
-    check_same_layout(staging, model_path(recipe))
+    try:
+        check_same_layout(staging, model_path(recipe))
+    except MedtuneError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     # the processor (its chat template) and the generation config (greedy defaults, the end-of-turn stop) travel
     # with the weights: a server asks and stops as evaluation did
     load_processor(recipe).save_pretrained(staging)
@@ -55,25 +59,36 @@ def weight_shapes(folder_or_repo: str | Path) -> dict[str, list[int]]:
     """Every weight's name and shape in a checkpoint's safetensors files, read from their headers only: a local
     folder, or a Hub repository (huggingface_hub reads the headers remotely, no weights downloaded)."""
     folder = Path(folder_or_repo)
-    if folder.is_dir():
-        from safetensors import safe_open
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
 
-        shapes = {}
-        for path in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(path), "pt") as f:
-                shapes.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
-        return shapes
-    from huggingface_hub import get_safetensors_metadata
+        try:  # the copy the merge just loaded, in the Hub cache: no network
+            folder = Path(snapshot_download(str(folder_or_repo), allow_patterns=["*.safetensors"],
+                                            local_files_only=True))
+        except Exception:  # not cached (weights from elsewhere): the Hub reads the headers remotely
+            from huggingface_hub import get_safetensors_metadata
 
-    metadata = get_safetensors_metadata(str(folder_or_repo))
-    return {name: list(info.shape) for file in metadata.files_metadata.values()
-            for name, info in file.tensors.items()}
+            metadata = get_safetensors_metadata(str(folder_or_repo))
+            return {name: list(info.shape) for file in metadata.files_metadata.values()
+                    for name, info in file.tensors.items()}
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            shapes.update({name: list(f.get_slice(name).get_shape()) for name in f.keys()})
+    return shapes
 
 
 def check_same_layout(written: Path, base: str | Path) -> None:
     """The merged model holds the base checkpoint's weights, by name and shape (what a serving engine loads the
     base by), or one line naming the first difference."""
-    ours, theirs = weight_shapes(written), weight_shapes(base)
+    ours = weight_shapes(written)
+    try:
+        theirs = weight_shapes(base)
+    except Exception as e:  # offline, or a gated repository without a token: the merge itself is done
+        print(f"the merged weights' names could not be compared with {base}'s ({type(e).__name__}): not checked")
+        return
     if ours == theirs:
         return
     extra, missing = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())

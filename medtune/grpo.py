@@ -5,9 +5,11 @@ GRPOTrainer on the recipe's data, model and adapter, rewarded by the task's own 
 
 A prompt is what evaluation asks of a row (its protocol's conversation, its images); TRL samples
 `grpo.num_generations` completions of it in one `generate` call, scores each with the rewards, and pushes the policy
-towards the completions that scored above their group's mean. The group's copies of an image sit next to each other
-in the batch, so the vision tower encodes each image once for the whole group (medtune.model's
-`encode_each_distinct_image_once`), in the sampling pass and in the log-probability passes alike.
+towards the completions that scored above their group's mean. In the sampling pass the group's copies of an image
+sit next to each other, so the vision tower encodes each image once for the whole group (medtune.model's
+`encode_each_distinct_image_once`). TRL 1.16 then shuffles the generation batch before cutting it into
+micro-batches, so the log-probability passes encode a row's image once per completion (a loss independent of the
+rows' order would let each micro-batch be sorted by prompt again: not done yet).
 
 From an SFT run (`model.adapter`), its adapter is trained on, not merged into the base first:
 - under QLoRA the base is 4-bit, and merging into quantized weights would requantize them (lossy) or need the
@@ -133,6 +135,7 @@ def build_grpo_trainer(recipe: Recipe, args, precision: str):
     # prompt ids. Both are put back before the processor is saved with the adapter (finish_grpo).
     tokenizer.padding_side, tokenizer.add_bos_token = "left", False
     validating = args.eval_strategy != "no"
+    rewards, weights = build_rewards(task, tokenizer, recipe.grpo)  # the user's own imported before the model loads
     model = load_model(recipe, precision)
     keep_frozen_vision_tower_out_of_autograd(model)
     peft_config = None
@@ -142,7 +145,6 @@ def build_grpo_trainer(recipe: Recipe, args, precision: str):
         model = PeftModel.from_pretrained(model, recipe.model.adapter, is_trainable=True)
     else:
         peft_config = lora_config(recipe, text_only=vision_tower(model) is None)
-    rewards, weights = build_rewards(task, tokenizer_of(processor), recipe.grpo)
     args.reward_weights = weights
     trainer = _trainer_class()(
         model=model, reward_funcs=rewards, args=args, train_dataset=grpo_dataset(task, train_set),

@@ -196,9 +196,19 @@ class FormatReward:
 
 
 def user_reward(name: str):
-    """`module:function` from the recipe (grpo.reward_funcs), imported."""
+    """`module:function` from the recipe (grpo.reward_funcs), imported; a one-line RecipeError where it is not
+    there (the recipe check found the module, not what is in it)."""
+    from medtune.errors import RecipeError
+
     module, _, function = name.partition(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        found = getattr(importlib.import_module(module), function, None)
+    except Exception as e:
+        raise RecipeError("grpo.reward_funcs", f"{name}: importing {module} failed ({type(e).__name__}: {e})") \
+            from None
+    if not callable(found):
+        raise RecipeError("grpo.reward_funcs", f"{name}: {module} has no function {function!r}")
+    return found
 
 
 def build_rewards(task, tokenizer, settings: dict[str, Any]) -> tuple[list, list[float]]:

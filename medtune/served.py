@@ -7,13 +7,17 @@ Each question is sent as a chat completion (the task's conversation, its images 
 task's token budget), many in flight; the server applies the model's chat template, as evaluation does in
 process. Replies go through the same parsing, metrics and files as in-process answers. A reply is cut where
 in-process generation would have stopped (after its "Final Answer:" line): a server cannot stop on that pattern.
-Option scoring reads the first answer token's log-probabilities where the server gives them (vLLM does;
-`transformers serve` does not: generation only).
+Option scoring reads the first answer token's log-probabilities where the server gives them by token id (vLLM's
+`return_tokens_as_token_ids` and `continue_final_message`; `transformers serve` gives none: generation only).
 
 Timeouts, refused connections and server errors (429, 5xx) are retried by the OpenAI client (`retries` times,
 with backoff), then reported per question. Every answer is appended to a log as it arrives
-(OUT/eval/<name>.served.jsonl): a rerun asks only for what is missing, and metrics are written once every
-question has its answer.
+(OUT/eval/<name>.served.jsonl): a rerun asks only for what is missing, metrics are written once every question
+has its answer, and the log is then removed (a later run asks anew).
+
+Servers decode replies without special tokens: where MedGemma 1.5's thinking markers are special tokens, a served
+reply loses them and its trace reads as its answer (in process they are kept: medtune/thinking.py). Evaluate a
+thinking model in process, or through a server told to keep them (vLLM: `skip_special_tokens: false`).
 """
 from __future__ import annotations
 
@@ -82,8 +86,8 @@ def connect(url: str, model: str | None = None, in_flight: int = DEFAULT_IN_FLIG
     except openai.APIStatusError as e:
         raise MedtuneError(f"--served {url}: the server refused to list its models ({e.status_code}: "
                            f"{_said(e)})") from None
-    if model:
-        return server  # servers that load on demand (transformers serve) list only what they have loaded
+    if model:  # not checked against the list: servers that load on demand (transformers serve) list only what they
+        return server  # have loaded; the first question, asked alone, says whether it is served
     if len(listed) != 1:
         names = ", ".join(listed[:10]) or "none"
         raise MedtuneError(f"--served {url} lists {len(listed)} models ({names}): name one with --served-model")
@@ -153,26 +157,32 @@ def _score(client, server: Server, messages, opening: str, option_ids: list[int]
                          "use eval.mode=generate (the server's generation is available)")
     seen: dict[int, float] = {}
     for top in logprobs.content[0].top_logprobs or []:
-        token = top.token
-        if token.startswith("token_id:"):
-            seen[int(token.split(":", 1)[1])] = math.exp(top.logprob)
+        if top.token.startswith("token_id:"):
+            seen[int(top.token.split(":", 1)[1])] = math.exp(top.logprob)
+    if not seen:  # a server that ignored `return_tokens_as_token_ids` (vLLM's): its tokens cannot be matched
+        raise NoLogprobs(f"{server.url} gives log-probabilities by token text, not id (vLLM's "
+                         "`return_tokens_as_token_ids`): option scoring cannot read them; use eval.mode=generate")
     probabilities = [seen.get(i, 0.0) for i in option_ids]
     total = sum(probabilities)
     return [p / total for p in probabilities] if total else [1.0 / len(option_ids)] * len(option_ids)
 
 
-def _first_score(ask, item, server: Server) -> list[float]:
+def _first_answer(ask, item, server: Server, mode: str):
+    """The first question's answer, asked alone: what every request would meet (no such model, no log-probabilities)
+    is one line, not a failure per question."""
     import openai
 
     try:
         return ask(item)
     except NoLogprobs:
         raise
+    except openai.NotFoundError as e:
+        raise MedtuneError(f"--served-model {server.model}: {server.url} serves no such model ({_said(e)})") from None
     except openai.APIStatusError as e:
-        if e.status_code not in (400, 422):
-            raise MedtuneError(f"{server.url}: {type(e).__name__}: {_said(e)}") from None
-        raise NoLogprobs(f"{server.url} refused a request for log-probabilities by token id ({_said(e)}): option "
-                         "scoring needs them (vLLM gives them); use eval.mode=generate") from None
+        if mode == "score" and e.status_code in (400, 422):
+            raise NoLogprobs(f"{server.url} refused a request for log-probabilities by token id ({_said(e)}): "
+                             "option scoring needs them (vLLM gives them); use eval.mode=generate") from None
+        raise MedtuneError(f"{server.url} refused the first question ({e.status_code}: {_said(e)})") from None
     except openai.OpenAIError as e:
         raise MedtuneError(f"{server.url}: {type(e).__name__}: {_said(e)}") from None
 
@@ -244,36 +254,43 @@ def served_answers(server: Server, questions, log_path: Path, *, mode: str, max_
 
     failures: dict[str, str] = {}
     missing = [k for k, key in enumerate(keys) if key not in log.answers]
-    if mode == "score" and missing:  # one question first: a server without log-probabilities is told in one line
-        log.add(keys[missing[0]], _first_score(ask, questions[missing[0]], server))
+    if missing:  # one question first: a wrong model name, or a server without log-probabilities, told in one line
+        log.add(keys[missing[0]], _first_answer(ask, questions[missing[0]], server, mode))
         missing = missing[1:]
-    with ThreadPoolExecutor(server.in_flight) as pool, \
-            tqdm(total=len(keys), initial=len(keys) - len(missing), desc=desc, unit="question",
-                 disable=not show_progress) as bar:
-        pending: dict[Any, int] = {}
-        for k in [*missing, None]:
-            # a bounded window: images are read and encoded as requests go out, not all at once
-            while pending and (k is None or len(pending) >= 2 * server.in_flight):
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    key = keys[pending.pop(future)]
-                    try:
-                        log.add(key, future.result())
-                    except NoLogprobs:
-                        for other in pending:
-                            other.cancel()
-                        raise
-                    except Exception as e:  # the client's retries are spent: reported per question
-                        failures[key] = f"{type(e).__name__}: {_said(e)}"
-                        log.add(key, error=failures[key])
-                    bar.update(1)
-            if k is not None:  # the row is read here, in one thread (`Questions` keeps the last row it read)
+    pool, pending = ThreadPoolExecutor(server.in_flight), {}
+
+    def collect(done, bar) -> None:
+        for future in done:
+            key = keys[pending.pop(future)]
+            try:
+                log.add(key, future.result())
+            except NoLogprobs:
+                raise
+            except Exception as e:  # the client's retries are spent: reported per question
+                failures[key] = f"{type(e).__name__}: {_said(e)}"
+                log.add(key, error=failures[key])
+            bar.update(1)
+
+    try:
+        with tqdm(total=len(keys), initial=len(keys) - len(missing), desc=desc, unit="question",
+                  disable=not show_progress) as bar:
+            for k in missing:
+                while len(pending) >= 2 * server.in_flight:  # a bounded window: images are encoded as requests go
+                    collect(wait(pending, return_when=FIRST_COMPLETED)[0], bar)
+                # the row is read here, in one thread (`Questions` keeps the last row it read)
                 pending[pool.submit(ask, questions[k])] = k
+            while pending:
+                collect(wait(pending, return_when=FIRST_COMPLETED)[0], bar)
+    finally:  # interrupted (Ctrl-C, a refusal): keep what has arrived, wait for nothing
+        for future, k in list(pending.items()):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                log.add(keys[k], future.result())
+        pool.shutdown(wait=False, cancel_futures=True)
     if failures:
         first = next(iter(failures.items()))
-        raise MedtuneError(f"{len(failures)} of {len(keys)} questions got no answer from {server.url} after "
-                           f"{server.retries} retries (first: {first[0]}: {first[1]}); the {len(keys) - len(failures)} "
-                           f"answers received are kept in {log_path}: rerun the same command to ask for the rest")
+        raise MedtuneError(f"{len(failures)} of {len(keys)} questions got no answer from {server.url} (first: "
+                           f"{first[0]}: {first[1]}; each is in the log); the {len(keys) - len(failures)} answers "
+                           f"received are kept in {log_path}: rerun the same command to ask for the rest")
     return [log.answers[key] for key in keys]
 
 

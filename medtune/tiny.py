@@ -24,8 +24,8 @@ TINY_NAME = "tiny"
 # (vLLM's CPU attention: 32, 64, 80, ... 256, 512), so that a twin and what medtune exports of it can be served.
 # `tiny-27b-text` is MedGemma 27B text's twin: 27B's language model alone (Gemma3ForCausalLM), with a tokenizer and
 # no image processor, as google/medgemma-27b-text-it ships.
-_LAYOUT_4B = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window_pattern=2)
+_LAYOUT_4B = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32, sliding_window_pattern=2)
 # Widths are multiples of 64, bitsandbytes' 4-bit block: its CPU inference kernel (0.50) refuses a layer whose input
 # width is not (the real models' all are).
 _LAYOUT_27B = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
@@ -36,7 +36,7 @@ TEXT_ONLY_TWINS = frozenset({"tiny-27b-text"})
 # at MedGemma's twins' image size and vocabulary
 TINY_ENCODER = "tiny-siglip"
 TINY_TWINS = (*TINY_LAYOUTS, TINY_ENCODER)  # every name `model.name_or_path` takes for a twin
-TINY_VERSION = 6  # bump when the architecture or tokenizer below changes: the cache is keyed on it
+TINY_VERSION = 7  # bump when the architecture or tokenizer below changes: the cache is keyed on it
 IMAGE_SIZE, PATCH, MM_TOKENS = 64, 16, 4  # 4x4 patch grid, average-pooled to 2x2 = 4 image tokens
 
 SPECIALS = [  # ids 0..4 match Gemma (pad=0, eos=1, bos=2, unk=3, mask=4)

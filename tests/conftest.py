@@ -28,12 +28,20 @@ def tiny_cache(tmp_path_factory):
     return path
 
 
+# the groups that take longest, longest first (their summed durations, `pytest --durations=0`, 2026-12-06)
+LONGEST_GROUPS = ["test_grpo.py", "demo", "test_findings_readers.py", "launch", "test_own_data.py",
+                  "test_mimic_cxr.py", "test_bench.py", "test_siim_acr.py", "test_text_only.py",
+                  "test_findings_table.py", "test_hub.py", "test_table13.py", "test_end_to_end.py",
+                  "test_training_step.py"]
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """The suite runs on two pytest-xdist workers (pyproject's addopts), a group of tests to a worker: the tests
     of a file together (they share its fixtures), except that the tests sharing the demo run form one group (it
     is trained once), and those that launch ranks with `accelerate launch` another (they never contend for its
     rendezvous port, and the longest file splits in two)."""
+    groups = {}
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             group = "demo"
@@ -41,7 +49,12 @@ def pytest_collection_modifyitems(items):
             group = "launch"
         else:
             group = item.path.name
+        groups[item] = group
         item.add_marker(pytest.mark.xdist_group(group))
+    # The longest groups first (pyproject's --no-loadscope-reorder keeps this order; xdist's own puts the groups of
+    # most tests first): a worker then never ends the run alone with a long group left
+    items.sort(key=lambda item: LONGEST_GROUPS.index(groups[item]) if groups[item] in LONGEST_GROUPS
+               else len(LONGEST_GROUPS))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

