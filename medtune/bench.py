@@ -250,13 +250,9 @@ def build_parser():
 
 def served_variants(args, processor) -> list[Variant]:
     """The variants of a served suite: the first served model as the base, the others as its adapters."""
-    from medtune.served import connect, refuse_plain
+    from medtune.served import connect_all
 
-    if args.adapter:
-        raise MedtuneError("--adapter with --served: the server serves the adapters (vLLM: --lora-modules "
-                           "NAME=DIR); name each with --served-model NAME")
-    refuse_plain(processor)
-    servers = [connect(args.served, name, args.requests_in_flight) for name in (args.served_model or [None])]
+    servers = connect_all(args.served, args.served_model, processor, args.adapter, args.requests_in_flight)
     labels: list[str] = []
     for server in servers:  # two exports' `.../merged` are two models
         label = f"served-{Path(server.model).name or 'model'}"

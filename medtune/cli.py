@@ -99,17 +99,14 @@ def _evaluate(args) -> None:
     medsiglip.refuse_in(recipe, "eval")
     if args.adapter and not (args.adapter / "adapter_config.json").is_file():
         raise MedtuneError(f"--adapter {args.adapter} holds no adapter_config.json")
-    if args.served and args.adapter:
-        raise MedtuneError("--adapter with --served: the server serves the adapter (vLLM: --lora-modules NAME=DIR); "
-                           "name it with --served-model NAME")
     # the processor: the served model's prompt (chat template) and, for option scoring, its tokens
     processor, dataset = load_processor(recipe), load_split(recipe, recipe.eval.split)
     check_model_takes(processor, dataset, recipe.model.name_or_path)
     if args.served:
-        from medtune.served import connect, refuse_plain
+        from medtune.served import connect_all
 
-        refuse_plain(processor)
-        model = connect(args.served, args.served_model, args.requests_in_flight, args.retries)
+        (model,) = connect_all(args.served, [args.served_model] if args.served_model else [], processor,
+                               [args.adapter] if args.adapter else [], args.requests_in_flight, args.retries)
         label = model.label
     else:
         model = load_model(recipe, resolve_precision(recipe.model.precision))

@@ -16,7 +16,7 @@ from medtune.errors import MedtuneError, explain_out_of_memory
 from medtune.rows import images_per_row, tokenizer_of, without_images
 from medtune.run_folder import predictions_file, result_file, served_log_file
 from medtune.tasks import is_multiple_choice
-from medtune.tasks._medgemma_prompts import FINAL_ANSWER
+from medtune.tasks._medgemma_prompts import asks_final_answer
 from medtune.thinking import NO_TRACE, split_trace, trace_counts
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _answer(model, processor, rows, task, mode: str, batch_size: int, max_new_to
                              answer_prefix=opening)
     else:
         flat = generate_answers(model, processor, questions, batch_size, max_new_tokens, desc, show, workers,
-                                stop_after_final_answer=stops_after_final_answer(task))
+                                stop_after_final_answer=asks_final_answer(task))
     per_row: list[list] = [[] for _ in range(len(rows))]
     for (i, _), output in sorted(zip(order, flat), key=lambda pair: pair[0]):  # back in the rows' order
         per_row[i].append(output)
@@ -60,15 +60,9 @@ def _served_cut(task, processor):
     from medtune.tasks._medgemma_prompts import through_final_answer
     from medtune.thinking import TRACE_CLOSE, TRACE_OPEN
 
-    if not stops_after_final_answer(task):
+    if not asks_final_answer(task):
         return None
     return lambda text: through_final_answer(text, TRACE_OPEN, TRACE_CLOSE)
-
-
-def stops_after_final_answer(task) -> bool:
-    """Whether the task's answers take the "Final Answer: X" form its protocol asks for: generation then stops once
-    a reply has given it."""
-    return getattr(task, "answer_prefix", "").startswith(FINAL_ANSWER)
 
 
 def _predict(model, processor, dataset, task, settings: EvalSection, mode: str, desc: str,

@@ -173,11 +173,10 @@ def tokenizer_of_trainer(trainer):
 
 def describe_grpo(recipe: Recipe, args) -> str:
     """One line with what GRPO samples and rewards, as the trainer applies it."""
-    from medtune.rewards import build_rewards
+    from medtune.rewards import describe_rewards
     from medtune.tasks import task_for
 
-    funcs, weights = build_rewards(task_for(recipe.task), None, recipe.grpo)
-    rewards = " + ".join(f"{w:g} x {getattr(f, '__name__', type(f).__name__)}" for f, w in zip(funcs, weights))
+    rewards = describe_rewards(task_for(recipe.task), recipe.grpo)
     start = f"the SFT adapter {recipe.model.adapter}" if recipe.model.adapter else "a new adapter on the base model"
     return (f"GRPO from {start}: {args.num_generations} completions a prompt (temperature {args.temperature:g}, at "
             f"most {args.max_completion_length} tokens), {args.generation_batch_size} a generation batch; reward "

@@ -231,11 +231,10 @@ def grpo_lines(recipe: Recipe, out_dir: Path) -> list[str]:
     as the trainer applied them (medtune/grpo.py, medtune/rewards.py); nothing for an SFT run."""
     if recipe.method != "grpo":
         return []
-    from medtune.rewards import build_rewards
+    from medtune.rewards import describe_rewards
 
     g = recipe.grpo
-    funcs, weights = build_rewards(task_for(recipe.task), None, g)
-    rewards = " + ".join(f"{w:g} x `{getattr(f, '__name__', type(f).__name__)}`" for f, w in zip(funcs, weights))
+    rewards = describe_rewards(task_for(recipe.task), g, quote="`")
     shape = read_json(out_dir / "adapter_config.json")
     start = (f"from the SFT adapter `{Path(recipe.model.adapter).name}` (trained on, not merged, so of its shape: rank "
              f"{shape.get('r')}, alpha {shape.get('lora_alpha')}; its column in the table above)"

@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from medtune.tasks import is_multiple_choice
-from medtune.tasks._medgemma_prompts import FINAL_ANSWER, final_answer
+from medtune.tasks._medgemma_prompts import asks_final_answer, final_answer
 from medtune.thinking import UNCLOSED, decode_generation, split_trace
 
 # the columns TRL adds to a reward function's keyword arguments beside the dataset's
@@ -43,11 +43,6 @@ def reward_metric(task, chosen: str | None = None) -> str:
         raise ValueError(f"{metric!r} is not a per-example score of {task.name}; it has "
                          f"{', '.join(task.example_metrics)}")
     return metric
-
-
-def asks_final_answer(task) -> bool:
-    """Whether the protocol asks for a "Final Answer: X" line (MedGemma's report prompts)."""
-    return getattr(task, "answer_prefix", "").startswith(FINAL_ANSWER)
 
 
 def has_format(task) -> bool:
@@ -209,6 +204,13 @@ def user_reward(name: str):
     if not callable(found):
         raise RecipeError("grpo.reward_funcs", f"{name}: {module} has no function {function!r}")
     return found
+
+
+def describe_rewards(task, settings: dict[str, Any], quote: str = "") -> str:
+    """The reward as a line: "1 x task_metric + 0.2 x format + ...", each function's name in `quote`s."""
+    funcs, weights = build_rewards(task, None, settings)
+    return " + ".join(f"{w:g} x {quote}{getattr(f, '__name__', type(f).__name__)}{quote}"
+                      for f, w in zip(funcs, weights))
 
 
 def build_rewards(task, tokenizer, settings: dict[str, Any]) -> tuple[list, list[float]]:

@@ -295,6 +295,18 @@ def served_answers(server: Server, questions, log_path: Path, *, mode: str, max_
 
 
 
+def connect_all(url: str, names: list[str], processor, adapters: list, in_flight: int = DEFAULT_IN_FLIGHT,
+                retries: int = DEFAULT_RETRIES) -> list[Server]:
+    """The served models a command asks (`--served URL --served-model NAME ...`; none named: the one the server
+    lists), refused in one line where a served model cannot be asked: adapters passed to load (the server serves
+    them), a model without a chat template."""
+    if adapters:
+        raise MedtuneError("--adapter with --served: the server serves adapters (vLLM: --lora-modules NAME=DIR); "
+                           "name each with --served-model NAME")
+    refuse_plain(processor)
+    return [connect(url, name, in_flight, retries) for name in (names or [None])]
+
+
 def refuse_plain(processor) -> None:
     """A model without a chat template (MedGemma pt) takes a plain prompt: servers take those only as text
     completions, which carry no images."""

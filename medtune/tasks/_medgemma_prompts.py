@@ -98,6 +98,12 @@ def ends_its_final_answer(text: str) -> bool:
     return "\n" in rest and bool(rest.split("\n", 1)[0].strip(_DECORATION))
 
 
+def asks_final_answer(task) -> bool:
+    """Whether a task's protocol asks for a "Final Answer: X" line (its answers start with it): generation may stop
+    once it is given (medtune.inference), a served reply is cut there, and GRPO's format reward checks it."""
+    return getattr(task, "answer_prefix", "").startswith(FINAL_ANSWER)
+
+
 def through_final_answer(text: str, trace_open: str = "", trace_close: str = "") -> str:
     """A whole reply cut where in-process generation stops (medtune.inference.FinalAnswerStop): at the first line
     end by which it has stated its final answer, outside an open thinking trace. A server cannot stop on that
